@@ -1,0 +1,210 @@
+"""The run configuration: pydantic models, every field documented, validated once.
+
+A YAML file (or the CLI's small surface) fills a `RunConfig`; library code never reads argv or
+the environment. Defaults are the paper's values (section 2.5 and appendix E.9) except where
+DESIGN.md fixes a convention (`estimator: unbiased`, `restrict: renorm`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TeacherMode = Literal[
+    "external", "self-1c", "self-1c1w", "self-3c", "self-sum-1c", "self-sum-1c1w", "self-1c-src"
+]
+TEACHER_MODES: tuple[str, ...] = TeacherMode.__args__  # type: ignore[attr-defined]
+TaskName = Literal["boolq", "mmlu", "aime2024", "aime2025", "custom", "quickstart", "toy"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the field and the allowed values."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+class ModelSpec(_Strict):
+    """Where a model comes from and how to run it."""
+
+    backend: Literal["hf", "vllm", "toy"] = "hf"
+    model: str = Field(
+        "embedded:smollm2-135m",
+        description="HF model id, local path, or 'embedded:smollm2-135m' (the bundled GGUF).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint.")
+    enable_thinking: bool = Field(True, description="Qwen3 chat templates: thinking mode.")
+    system_prompt: str | None = Field(
+        "You are a helpful assistant.", description="System message; null for none."
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Backend-specific options (toy: tilt, strength, ...)."
+    )
+
+
+class TeacherSpec(_Strict):
+    """One teacher configuration (section 3 of the paper)."""
+
+    name: str = Field(description="Label used in tables and reports.")
+    mode: TeacherMode = "self-1c"
+    model: ModelSpec | None = Field(
+        None, description="external: the teacher model. self-*: null (the student itself)."
+    )
+    source: ModelSpec | None = Field(
+        None, description="self-1c-src: the model that writes the demonstration."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TeacherSpec:
+        if self.mode == "external" and self.model is None:
+            raise ValueError(f"teacher '{self.name}': mode 'external' needs a 'model'")
+        if self.mode == "self-1c-src" and self.source is None:
+            raise ValueError(f"teacher '{self.name}': mode 'self-1c-src' needs a 'source' model")
+        return self
+
+
+class TaskSpec(_Strict):
+    name: TaskName = "quickstart"
+    path: str | None = Field(None, description="Local JSONL/Parquet file instead of the hub.")
+    split: str | None = Field(None, description="Dataset split (hub loaders).")
+    limit: int | None = Field(None, ge=1, description="Use at most this many questions.")
+    offset: int = Field(0, ge=0, description="Skip this many questions first.")
+    ids: list[str] | None = Field(None, description="Use only these question ids.")
+    fields: dict[str, str] = Field(
+        default_factory=dict, description="custom: field names (id, question, answer, ...)."
+    )
+    verifier: str | None = Field(None, description="custom: yesno, letter, integer or math.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Task-specific options.")
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(512, ge=1)
+    stop_strings: list[str] = Field(default_factory=list)
+    batch_groups: int = Field(8, ge=1, description="Sampling groups batched per model call.")
+
+
+class ContextConfig(_Strict):
+    """Phase 0: demonstrations and summaries for self-* teachers (appendix E.9)."""
+
+    demo_temperature: float = Field(0.7, gt=0)
+    max_trials: int = Field(60, ge=1, description="Demo samples per question before giving up.")
+    demo_max_new_tokens: int | None = Field(None, description="Default: sampling.max_new_tokens.")
+    summarizer: ModelSpec | None = Field(None, description="Summariser; null = the student.")
+
+
+class ScreenConfig(_Strict):
+    G: int = Field(32, ge=1, description="Rollouts per question and variant.")
+    temperature: float = Field(1.0, gt=0)
+    require_all_sources: bool = Field(True, description="Intersection filter (table 7).")
+
+
+class TreeConfig(_Strict):
+    """Phase 1: the shared generation tree and targeted rollouts (section 2.5, appendix D)."""
+
+    G: int = Field(200, ge=1, description="Initial rollouts per question.")
+    n_correct_paths: int = Field(2, ge=0)
+    n_incorrect_paths: int = Field(2, ge=0)
+    tau: float = Field(0.02, gt=0, lt=1, description="Candidate threshold on P_student/P_teacher.")
+    top_k: int = Field(8, ge=0, description="Per window: candidates ranked by |gkd gradient|.")
+    top_r: int = Field(8, ge=0, description="Per window: candidates ranked by |P_te - P_theta|.")
+    n_min: int = Field(100, ge=1, description="Counted visits each chosen child is enriched to.")
+    n_sig: int = Field(20, ge=1, description="Visits for a child to enter S_u.")
+    window_base: int = Field(50, ge=1, description="Windows [0,b), [b,3b), [3b,7b), ...")
+    estimator: Literal["unbiased", "paper", "backup"] = "unbiased"
+    budget: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="fixed = enrich to n_min (paper); adaptive = rounds to where it pays."
+    )
+    group_size: int = Field(100, ge=1, description="Max samples per targeted-rollout group.")
+    exclude_extremely_hard: bool = Field(True, description="Skip questions with pass rate 0.")
+
+
+class ScoringConfig(_Strict):
+    restrict: Literal["renorm", "project"] = "renorm"
+    topk_overlap: int = Field(16, ge=1, description="k of the top-k overlap features.")
+    chunk_size: int = Field(512, ge=1, description="Positions per scoring chunk on device.")
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    seed: int = 0
+    student: ModelSpec = Field(default_factory=ModelSpec)
+    teachers: list[TeacherSpec] = Field(default_factory=list)
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    context: ContextConfig = Field(default_factory=ContextConfig)
+    screen: ScreenConfig = Field(default_factory=ScreenConfig)
+    tree: TreeConfig = Field(default_factory=TreeConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    @model_validator(mode="after")
+    def _unique_teachers(self) -> RunConfig:
+        names = [t.name for t in self.teachers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"teacher names must be unique; repeated: {sorted(dup)}")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def fingerprint(self, *, exclude: tuple[str, ...] = ("teachers", "name")) -> str:
+        """Hash of everything that determines the shared tree. Adding a teacher later
+        (`distillscope score`) must not change it."""
+        data = self.model_dump(mode="json")
+        for key in exclude:
+            data.pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"config field '{loc}': {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: invalid configuration\n{_format_error(err)}") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML file (safe_load only) and validate it. `overrides` are dotted keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    for key, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(data, str(path))
