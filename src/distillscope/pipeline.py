@@ -1,0 +1,637 @@
+"""Phases 0-2 as plain functions over a RunStore (DESIGN.md section 4).
+
+    phase 0  teacher contexts: demonstrations and summaries (contexts.py), stored once
+    phase 1  the shared, teacher-independent tree: initial rollouts, representative paths,
+             candidates, targeted rollouts, children statistics
+    phase 2  per teacher: decision points, every method's gradient, alignment and features
+
+Every piece of work is a deterministic *unit* committed atomically (store.py), with seeds
+derived from (run seed, question, launch node, unit). A killed run resumes by skipping
+committed units and redoing the first uncommitted one, which reproduces exactly what an
+uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distillscope import gradients as G
+from distillscope.budget import merge_candidates, select_children
+from distillscope.config import ModelSpec, RunConfig, TeacherSpec
+from distillscope.models.base import LanguageModel, ModelError, check_same_tokenizer
+from distillscope.models.registry import load_model
+from distillscope.progress import NullReporter, Reporter, Timer
+from distillscope.schemas import FEATURES
+from distillscope.scoring import score_path
+from distillscope.store import RunStore, StoreError
+from distillscope.tasks import Task, get_task
+from distillscope.tree import PathTree
+from distillscope.types import Question, SampleRequest, SamplingParams
+
+METHODS = ("gkd", "sampled", "minillm", "drgrpo")
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed from any parts, stable across processes and Python versions."""
+    digest = hashlib.blake2b(json.dumps(parts, default=str).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 62) - 1)
+
+
+def difficulty(pass_rate: float) -> str:
+    if pass_rate >= 0.8:
+        return "easy"
+    if pass_rate >= 0.25:
+        return "medium"
+    if pass_rate > 0:
+        return "hard"
+    return "extremely_hard"
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Teacher:
+    spec: TeacherSpec
+    model: LanguageModel
+    contexts: dict[str, list[int]] = field(default_factory=dict)  # qid -> context ids
+
+
+@dataclass
+class Runtime:
+    """Everything loaded for a run: config, store, task, questions, models."""
+
+    config: RunConfig
+    store: RunStore
+    task: Task
+    questions: list[Question]
+    student: LanguageModel
+    teachers: list[Teacher]
+    student_ctx: dict[str, list[int]]
+    reporter: Reporter
+    timer: Timer = field(default_factory=Timer)
+    unavailable: dict[str, list[str]] = field(default_factory=dict)  # qid -> teachers lacking demos
+
+    @property
+    def params(self) -> SamplingParams:
+        s = self.config.sampling
+        return SamplingParams(temperature=s.temperature, top_p=s.top_p,
+                              max_new_tokens=s.max_new_tokens, stop_strings=tuple(s.stop_strings))
+
+
+def _model_cache_key(spec: ModelSpec) -> str:
+    return spec.model_dump_json()
+
+
+def load_runtime(config: RunConfig, store: RunStore, reporter: Reporter | None = None,
+                 models: dict[str, LanguageModel] | None = None) -> Runtime:
+    """Load task, questions and models. `models` is a cache keyed by ModelSpec JSON, so tests
+    and `score` can reuse already-loaded models."""
+    reporter = reporter or NullReporter()
+    cache = models if models is not None else {}
+
+    def get(spec: ModelSpec) -> LanguageModel:
+        key = _model_cache_key(spec)
+        if key not in cache:
+            reporter.log(f"loading model {spec.model} ({spec.backend})")
+            cache[key] = load_model(spec)
+        return cache[key]
+
+    task = get_task(config.task.name)
+    questions = task.load(config.task)
+    student = get(config.student)
+    teachers = []
+    for tspec in config.teachers:
+        model = get(tspec.model) if tspec.mode == "external" and tspec.model else student
+        check_same_tokenizer(student, model, tspec.name)
+        teachers.append(Teacher(tspec, model))
+    student_ctx = {}
+    for q in questions:
+        ids = student.encode_chat([{"role": "user", "content": task.user_message(q)}])
+        if len(ids) >= student.max_context:
+            raise ModelError(
+                f"question '{q.qid}': the prompt is {len(ids)} tokens, longer than the "
+                f"student's context of {student.max_context}"
+            )
+        student_ctx[q.qid] = ids
+    return Runtime(config, store, task, questions, student, teachers, student_ctx, reporter)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 0: teacher contexts
+def phase0(rt: Runtime) -> None:
+    """Build every teacher's context for every question; self-* modes need demonstrations,
+    generated once and stored in the run (RUN_DIR/demos.parquet)."""
+    from distillscope import contexts
+
+    needs_demos = [t for t in rt.teachers if t.spec.mode != "external"]
+    bank = contexts.DemoBank(rt.store.dir / "demos.parquet") if needs_demos else None
+    with rt.timer("phase0"), rt.reporter.bar("phase 0: teacher contexts",
+                                             len(rt.questions) * max(1, len(rt.teachers)),
+                                             unit="contexts") as bar:
+        for q in rt.questions:
+            user = rt.task.user_message(q)
+            for t in rt.teachers:
+                if t.spec.mode == "external":
+                    t.contexts[q.qid] = t.model.encode_chat([{"role": "user", "content": user}])
+                    bar.advance()
+                    continue
+                msg = contexts.teacher_context(
+                    t.spec, q, rt.task, rt.student, rt.config, bank,
+                    source_loader=lambda spec: load_model(spec),
+                )
+                if msg is None:
+                    rt.unavailable.setdefault(q.qid, []).append(t.spec.name)
+                else:
+                    ids = t.model.encode_chat([{"role": "user", "content": msg}])
+                    if len(ids) >= t.model.max_context:
+                        raise ModelError(
+                            f"teacher '{t.spec.name}', question '{q.qid}': the context is "
+                            f"{len(ids)} tokens, longer than the model's {t.model.max_context}"
+                        )
+                    t.contexts[q.qid] = ids
+                bar.advance()
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: the shared tree
+def _qkey(rt: Runtime, q: Question) -> str:
+    return f"q{rt.questions.index(q):05d}"
+
+
+def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, dict]],
+                 first_id: int) -> list[dict]:
+    """Sample the groups, grade them, and return rollout rows (ids from `first_id`)."""
+    eos = set(rt.student.eos_token_ids)
+    ctx = rt.student_ctx[q.qid]
+    max_new = rt.config.sampling.max_new_tokens
+    to_model, where = [], []
+    for i, (req, meta) in enumerate(requests):
+        forced = list(req.prefix_ids[len(ctx):])
+        if (forced and forced[-1] in eos) or len(forced) >= max_new:
+            continue  # nothing to sample: the forced prefix already ends the response
+        budget = max_new - len(forced)
+        to_model.append((i, SampleRequest(req.prefix_ids, req.n, req.seed), budget))
+        where.append(i)
+    outputs: dict[int, list] = {}
+    # group requests by remaining budget so each model call has one max_new_tokens
+    for budget in sorted({b for _, _, b in to_model}):
+        batch = [(i, r) for i, r, b in to_model if b == budget]
+        p = rt.params
+        params = SamplingParams(p.temperature, p.top_p, budget, p.stop_strings)
+        res = rt.student.sample([r for _, r in batch], params)
+        for (i, _), comps in zip(batch, res, strict=True):
+            outputs[i] = comps
+    rows = []
+    rid = first_id
+    for i, (req, meta) in enumerate(requests):
+        forced = list(req.prefix_ids[len(ctx):])
+        if i in outputs:
+            comps = [(forced + list(c.token_ids), c.finish_reason) for c in outputs[i]]
+        else:
+            reason = "eos" if forced and forced[-1] in eos else "length"
+            comps = [(forced, reason)] * req.n
+        for ids, reason in comps:
+            text = rt.student.decode([t for t in ids if t not in eos])
+            verdict = rt.task.verify(q, text)
+            rows.append({
+                "qid": q.qid, "rollout_id": rid, "origin": meta["origin"],
+                "path_id": meta.get("path_id", -1), "launch_depth": meta.get("depth", -1),
+                "forced_len": len(forced), "response_ids": ids, "text": text,
+                "reward": float(verdict.reward), "parsable": bool(verdict.parsable),
+                "finish_reason": reason, "seed": req.seed,
+            })
+            rid += 1
+    return rows
+
+
+def _initial_rollouts(rt: Runtime, q: Question, bar) -> pd.DataFrame:
+    key = _qkey(rt, q)
+    unit = f"{key}/a-init"
+    if not rt.store.is_done(unit):
+        cfg = rt.config.tree
+        ctx = tuple(rt.student_ctx[q.qid])
+        reqs = []
+        for g, start in enumerate(range(0, cfg.G, cfg.group_size)):
+            n = min(cfg.group_size, cfg.G - start)
+            seed = stable_seed(rt.config.seed, q.qid, "init", g)
+            reqs.append((SampleRequest(ctx, n, seed), {"origin": "initial"}))
+        rows = _sample_rows(rt, q, reqs, first_id=0)
+        rt.store.commit(unit, {"rollouts": rows})
+    bar.advance(rt.config.tree.G)
+    return rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
+
+
+def _choose_paths(rt: Runtime, q: Question, init: pd.DataFrame) -> pd.DataFrame:
+    cfg = rt.config.tree
+    rng = np.random.default_rng(stable_seed(rt.config.seed, q.qid, "paths"))
+    chosen = []
+    for correct, n in ((True, cfg.n_correct_paths), (False, cfg.n_incorrect_paths)):
+        pool = init[(init.reward > 0.5) == correct]
+        # distinct responses only: two identical paths would duplicate every node
+        pool = pool.loc[~pool.response_ids.map(tuple).duplicated()]
+        if len(pool):
+            pick = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+            chosen += [(correct, pool.iloc[i]) for i in sorted(pick)]
+    eos = set(rt.student.eos_token_ids)
+    rows = []
+    for pid, (correct, r) in enumerate(chosen):
+        ids = [int(t) for t in r.response_ids]
+        rows.append({
+            "qid": q.qid, "path_id": pid, "rollout_id": int(r.rollout_id), "correct": correct,
+            "length": len(ids), "response_ids": ids,
+            "tokens": [rt.student.decode([t]) if t not in eos else "<eos>" for t in ids],
+            "text": r.text,
+        })
+    return pd.DataFrame(rows)
+
+
+def _build_trees(rt: Runtime, paths: pd.DataFrame, ro: pd.DataFrame) -> dict[int, PathTree]:
+    trees = {}
+    for p in paths.itertuples():
+        tree = PathTree(np.asarray(p.response_ids, dtype=np.int64), rt.config.tree.estimator)
+        if len(ro):
+            tree.add(list(ro.response_ids), ro.forced_len.to_numpy(), ro.reward.to_numpy())
+        trees[p.path_id] = tree
+    return trees
+
+
+def _candidates(rt: Runtime, q: Question, path_ids: np.ndarray) -> list[tuple[int, int]]:
+    cfg = rt.config.tree
+    sc = rt.config.scoring
+    depth, token, ps, pt, kl = [], [], [], [], []
+    teachers = [t for t in rt.teachers if q.qid in t.contexts] or [None]
+    for t in teachers:
+        s = score_path(rt.student, rt.student_ctx[q.qid], t.model if t else None,
+                       t.contexts[q.qid] if t else None, path_ids, tau=cfg.tau,
+                       topk=sc.topk_overlap, chunk_size=sc.chunk_size)
+        depth.append(s.cand_pos_C)
+        token.append(s.cand_tok_C)
+        ps.append(s.p_student_C)
+        pt.append(s.p_teacher_C)
+        kl.append(s.features["kl"])
+    cands = merge_candidates(depth, token, ps, pt, kl)
+    return select_children(cands, len(path_ids), base=cfg.window_base, top_k=cfg.top_k,
+                           top_r=cfg.top_r)
+
+
+@dataclass
+class Plan:
+    """Phase 1 state of one question between its initial and its targeted rollouts."""
+
+    q: Question
+    qrow: dict[str, Any]
+    paths: pd.DataFrame
+    trees: dict[int, PathTree] = field(default_factory=dict)
+    chosen: list[tuple[int, int, int]] = field(default_factory=list)  # (depth, path, token)
+    next_id: int = 0
+
+    def need(self, n_min: int) -> int:
+        return sum(max(0, n_min - self.trees[p].visits(d, k)) for d, p, k in self.chosen)
+
+
+def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
+    """Initial rollouts, representative paths and the children to enrich. None when the
+    question is already finished (resume) or excluded (then its row is committed here)."""
+    cfg = rt.config.tree
+    key = _qkey(rt, q)
+    if rt.store.is_done(f"{key}/z-children"):
+        bar.advance(cfg.G)
+        return None
+    init = _initial_rollouts(rt, q, bar)
+    pass_rate = float(init.reward.mean()) if len(init) else 0.0
+    if q.qid in rt.unavailable:
+        note = "excluded: no demonstration for " + ", ".join(rt.unavailable[q.qid])
+        paths = pd.DataFrame()
+    elif pass_rate == 0 and cfg.exclude_extremely_hard:
+        note = "excluded: extremely hard (no correct initial rollout)"
+        paths = pd.DataFrame()
+    else:
+        paths = _choose_paths(rt, q, init)
+        n_c = int(paths.correct.sum()) if len(paths) else 0
+        n_i = len(paths) - n_c
+        notes = []
+        if n_c < cfg.n_correct_paths:
+            notes.append(f"only {n_c} correct path(s) exist")
+        if n_i < cfg.n_incorrect_paths:
+            notes.append(f"only {n_i} incorrect path(s) exist")
+        note = "; ".join(notes)
+    qrow = {
+        "qid": q.qid, "prompt": rt.task.user_message(q), "answer": json.dumps(q.answer),
+        "n_initial": len(init), "pass_rate": pass_rate, "difficulty": difficulty(pass_rate),
+        "n_correct_paths": int(paths.correct.sum()) if len(paths) else 0,
+        "n_incorrect_paths": int((~paths.correct).sum()) if len(paths) else 0, "note": note,
+    }
+    if not len(paths):
+        rt.store.commit(f"{key}/z-children", {"questions": [qrow]})
+        return None
+    ro = rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
+    plan = Plan(q, qrow, paths, _build_trees(rt, paths, ro), next_id=len(ro))
+    for p in paths.itertuples():
+        for d, tok in _candidates(rt, q, np.asarray(p.response_ids)):
+            plan.chosen.append((d, p.path_id, tok))
+    plan.chosen.sort()  # shallow first: deeper children gain from the cascade of earlier ones
+    return plan
+
+
+def finish_question(rt: Runtime, plan: Plan, bar) -> None:
+    """Targeted rollouts (fixed allocation: every chosen child to n_min counted visits), then
+    the children statistics and the student's probabilities at the decision points."""
+    _targeted(rt, plan, bar)
+    q, key = plan.q, _qkey(rt, plan.q)
+    ro = rt.store.read("rollouts", unit_prefix=f"{key}/")
+    trees = _build_trees(rt, plan.paths, ro)  # rebuilt from the store: what resume sees
+    children = _children_frames(rt, q, plan.paths, trees)
+    dist = _student_distributions(rt, q, plan.paths, children)
+    rt.store.commit(f"{key}/z-children", {"questions": [plan.qrow], "paths": plan.paths,
+                                          "children": children, "distributions": dist})
+
+
+def _targeted(rt: Runtime, plan: Plan, bar) -> None:
+    """Enrich each chosen child to n_min counted visits, in deterministic units: the need of
+    each child is computed from the tree as committed so far, so a resumed run rebuilds the
+    same units."""
+    cfg = rt.config.tree
+    q, key, trees = plan.q, _qkey(rt, plan.q), plan.trees
+    ctx = list(rt.student_ctx[q.qid])
+    path_ids = {p.path_id: [int(t) for t in p.response_ids] for p in plan.paths.itertuples()}
+    pos, u = 0, 0
+    while pos < len(plan.chosen):
+        unit = f"{key}/b-tgt{u:05d}"
+        n_children, reqs = 0, []
+        while pos < len(plan.chosen) and n_children < rt.config.sampling.batch_groups:
+            d, pid, tok = plan.chosen[pos]
+            pos += 1
+            need = cfg.n_min - trees[pid].visits(d, tok)
+            if need <= 0:
+                continue
+            n_children += 1
+            for g, start in enumerate(range(0, need, cfg.group_size)):
+                n = min(cfg.group_size, need - start)
+                seed = stable_seed(rt.config.seed, q.qid, "tgt", pid, d, tok, g)
+                prefix = tuple(ctx + path_ids[pid][:d] + [tok])
+                reqs.append((SampleRequest(prefix, n, seed),
+                             {"origin": "targeted", "path_id": pid, "depth": d}))
+        if not reqs:
+            break
+        if rt.store.is_done(unit):
+            rows = rt.store.read("rollouts", unit_prefix=unit)
+        else:
+            rows = pd.DataFrame(_sample_rows(rt, q, reqs, first_id=plan.next_id))
+            rt.store.commit(unit, {"rollouts": rows})
+        plan.next_id += len(rows)
+        for tree in trees.values():
+            tree.add(list(rows.response_ids), rows.forced_len.to_numpy(), rows.reward.to_numpy())
+        bar.advance(len(rows))
+        u += 1
+
+
+def _children_frames(rt: Runtime, q: Question, paths: pd.DataFrame,
+                     trees: dict[int, PathTree]) -> pd.DataFrame:
+    exact = getattr(rt.student, "exact_child_success", None)
+    ctx = rt.student_ctx[q.qid]
+    frames = []
+    for p in paths.itertuples():
+        ids = [int(t) for t in p.response_ids]
+        p_exact = None
+        if exact is not None:
+            p_exact = {d: np.asarray(exact(ctx, ids[:d])) for d in range(len(ids))}
+        frames.append(trees[p.path_id].to_frame(q.qid, p.path_id, decode=_token_text(rt),
+                                                 p_exact=p_exact))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _token_text(rt: Runtime):
+    eos = set(rt.student.eos_token_ids)
+    return lambda t: "<eos>" if t in eos else rt.student.decode([int(t)])
+
+
+def decision_points(children: pd.DataFrame, n_sig: int) -> pd.DataFrame:
+    """Children in S_u (visits >= n_sig) at nodes with |S_u| >= 2 and SR range > 0."""
+    s = children[children.visits >= n_sig]
+    g = s.groupby(["path_id", "depth"]).p_hat
+    keep = (g.transform("size") >= 2) & (g.transform("max") - g.transform("min") > 0)
+    return s[keep].sort_values(["path_id", "depth", "token"]).reset_index(drop=True)
+
+
+def _student_distributions(rt: Runtime, q: Question, paths: pd.DataFrame,
+                           children: pd.DataFrame) -> pd.DataFrame:
+    dp = decision_points(children, rt.config.tree.n_sig)
+    rows = []
+    for p in paths.itertuples():
+        d = dp[dp.path_id == p.path_id]
+        if not len(d):
+            continue
+        s = score_path(rt.student, rt.student_ctx[q.qid], None, None,
+                       np.asarray(p.response_ids), tau=rt.config.tree.tau,
+                       extra=np.stack([d.depth.to_numpy(), d.token.to_numpy()], axis=1),
+                       chunk_size=rt.config.scoring.chunk_size)
+        look = _lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
+        for r in d.itertuples():
+            rows.append({"qid": q.qid, "path_id": p.path_id, "depth": r.depth,
+                         "model": "student", "token": r.token,
+                         "prob": look[(r.depth, r.token)]})
+    return pd.DataFrame(rows)
+
+
+def _lookup(pos, tok, val) -> dict[tuple[int, int], float]:
+    return {(int(a), int(b)): float(c) for a, b, c in zip(pos, tok, val, strict=True)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 2: per teacher
+def phase2_teacher_question(rt: Runtime, t: Teacher, q: Question) -> None:
+    key = _qkey(rt, q)
+    unit = f"{key}/c-score-{t.spec.name}"
+    if rt.store.is_done(unit) or q.qid not in t.contexts:
+        return
+    children = rt.store.read("children", unit_prefix=f"{key}/z-children")
+    paths = rt.store.read("paths", unit_prefix=f"{key}/z-children")
+    init = rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
+    if not len(paths):
+        rt.store.commit(unit, {})
+        return
+    nodes, dists = score_teacher_on_question(rt, t, q, paths, children, init)
+    rt.store.commit(unit, {"nodes": nodes, "distributions": dists})
+
+
+def score_teacher_on_question(rt: Runtime, t: Teacher, q: Question, paths: pd.DataFrame,
+                              children: pd.DataFrame, init: pd.DataFrame):
+    cfg, sc = rt.config.tree, rt.config.scoring
+    restrict = sc.restrict
+    dp_all = decision_points(children, cfg.n_sig)
+    mu, sd = float(init.reward.mean()), float(init.reward.std(ddof=0))
+    node_rows, dist_rows = [], []
+    for p in paths.itertuples():
+        ids = np.asarray(p.response_ids, dtype=np.int64)
+        dp = dp_all[dp_all.path_id == p.path_id]
+        if not len(dp):
+            continue
+        s = score_path(rt.student, rt.student_ctx[q.qid], t.model, t.contexts[q.qid], ids,
+                       tau=cfg.tau, extra=np.stack([dp.depth.to_numpy(), dp.token.to_numpy()], 1),
+                       topk=sc.topk_overlap, chunk_size=sc.chunk_size)
+        ps = _lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
+        pt = _lookup(s.cand_pos_C, s.cand_tok_C, s.p_teacher_C)
+        rtg = np.cumsum((s.logp_teacher_taken_T - s.logp_student_taken_T)[::-1])[::-1]
+        kids = children[children.path_id == p.path_id]
+        for depth, node in dp.groupby("depth", sort=True):
+            toks = node.token.to_numpy()
+            p_s = np.array([ps[(depth, k)] for k in toks])
+            p_t = np.array([pt[(depth, k)] for k in toks])
+            p_hat = node.p_hat.to_numpy()
+            here = kids[kids.depth == depth]
+            n_tot = float(here.rl_visits.sum())
+            adv = (lambda n, s_: (s_ - n * mu) / sd) if sd > 0 else None
+            path_tok = int(ids[depth])
+            r_idx = int(np.flatnonzero(toks == path_tok)[0]) if path_tok in toks else -1
+            ideal = G.ideal_gradient(p_s, p_hat, restrict=restrict)
+            kl_t = float(s.features["kl"][depth])
+            grads = {
+                "gkd": G.gkd_gradient(p_s, p_t, restrict=restrict, kl=kl_t),
+                "sampled": (G.sampled_gradient(p_s, p_t, r_idx, restrict=restrict)
+                            if r_idx >= 0 else None),
+                "minillm": (G.minillm_gradient(p_s, r_idx, float(rtg[depth]), restrict=restrict)
+                            if r_idx >= 0 else None),
+                "drgrpo": (G.drgrpo_gradient_from_counts(
+                    p_s, node.rl_visits.to_numpy(dtype=float),
+                    adv(node.rl_visits.to_numpy(float), node.rl_successes.to_numpy(float)),
+                    n_tot, float(adv(n_tot, float(here.rl_successes.sum()))),
+                    restrict=restrict) if adv is not None and n_tot > 0 else None),
+            }
+            ideal_exact = None
+            if "p_exact" in node and node.p_exact.notna().all():
+                ideal_exact = G.ideal_gradient(p_s, node.p_exact.to_numpy(), restrict=restrict)
+            base = {
+                "qid": q.qid, "path_id": p.path_id, "depth": int(depth),
+                "depth_norm": depth / max(1, len(ids) - 1), "teacher": t.spec.name,
+                "teacher_adv": G.teacher_advantage(p_s, p_t, p_hat),
+                "sr_range": float(p_hat.max() - p_hat.min()), "n_children": len(toks),
+                "visits": int(node.visits.sum()), "path_correct": bool(p.correct),
+                "path_token": path_tok, "restrict": restrict, "estimator": cfg.estimator,
+                **{f: float(s.features[f][depth]) for f in FEATURES},
+            }
+            for m in METHODS:
+                g = grads[m]
+                node_rows.append({
+                    **base, "method": m,
+                    "align": G.cosine(ideal, g) if g is not None else math.nan,
+                    "align_exact": (G.cosine(ideal_exact, g)
+                                    if g is not None and ideal_exact is not None else math.nan),
+                })
+            for k, v in zip(toks, p_t, strict=True):
+                dist_rows.append({"qid": q.qid, "path_id": p.path_id, "depth": int(depth),
+                                  "model": t.spec.name, "token": int(k), "prob": float(v)})
+    return pd.DataFrame(node_rows), pd.DataFrame(dist_rows)
+
+
+# ---------------------------------------------------------------------------------------------
+def provenance(rt: Runtime) -> dict[str, Any]:
+    import importlib.metadata as md
+
+    def version(pkg: str) -> str:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return "absent"
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "git_commit": commit,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {p: version(p) for p in ("distillscope", "torch", "transformers", "numpy",
+                                             "pyarrow", "vllm", "ray")},
+        "device": rt.student.device,
+        "student": rt.student.name,
+        "config_fingerprint": rt.config.fingerprint(),
+        "estimator": rt.config.tree.estimator,
+        "restrict": rt.config.scoring.restrict,
+    }
+
+
+def rollout_counts(store: RunStore) -> dict[str, int]:
+    ro = store.read("rollouts")
+    return {"rollouts/total": int(len(ro)),
+            "rollouts/initial": int((ro.origin == "initial").sum()),
+            "rollouts/targeted": int((ro.origin == "targeted").sum())}
+
+
+def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
+        force: bool = False, models: dict[str, LanguageModel] | None = None,
+        teachers_only: list[str] | None = None, score: bool = True,
+        no_new_rollouts: bool = False) -> Runtime:
+    """The whole pipeline (phases 0-2); resumes a partial run in `out`.
+
+    `score=False` stops after the shared tree (`distillscope rollout`). `no_new_rollouts`
+    (used by `distillscope score`) refuses to sample: the tree must be complete."""
+    store = RunStore(out)
+    config = store.open_for(config, force=force)
+    if teachers_only is not None:
+        config_run = config.model_copy(
+            update={"teachers": [t for t in config.teachers if t.name in teachers_only]})
+    else:
+        config_run = config
+    rt = load_runtime(config_run, store, reporter, models)
+    store.provenance_meta = {"distillscope.config_fingerprint": config.fingerprint()}
+    if no_new_rollouts:
+        missing = [q.qid for q in rt.questions if not store.is_done(f"{_qkey(rt, q)}/z-children")]
+        if missing:
+            raise StoreError(f"{out}: the shared tree is not complete ({len(missing)} question(s) "
+                             f"without targeted rollouts, e.g. {missing[0]}); finish it with "
+                             f"'distillscope run' or 'distillscope rollout' first")
+    phase0(rt)
+    with rt.timer("phase1"):
+        plans = []
+        with rt.reporter.bar("phase 1: initial rollouts", len(rt.questions) * config.tree.G,
+                             unit="rollouts") as bar:
+            for q in rt.questions:
+                plan = plan_question(rt, q, bar)
+                if plan is not None:
+                    plans.append(plan)
+        need = sum(p.need(config.tree.n_min) for p in plans)
+        with rt.reporter.bar("phase 1: targeted rollouts", need, unit="rollouts") as bar:
+            for plan in plans:
+                finish_question(rt, plan, bar)
+    if score:
+        with rt.timer("phase2"), rt.reporter.bar(
+            "phase 2: scoring", len(rt.teachers) * len(rt.questions), unit="questions"
+        ) as bar:
+            for t in rt.teachers:
+                for q in rt.questions:
+                    phase2_teacher_question(rt, t, q)
+                    bar.advance()
+    prov = store.read_json("provenance.json")
+    prov.update(provenance(rt))
+    prov.update(rollout_counts(store))
+    for k, v in rt.timer.metrics.items():
+        prov[k] = prov.get(k, 0.0) + v if k in prov and teachers_only else v
+    prov["unavailable_demos"] = rt.unavailable
+    prov["teachers_scored"] = sorted(set(prov.get("teachers_scored", []))
+                                     | ({t.spec.name for t in rt.teachers} if score else set()))
+    store.write_json("provenance.json", prov)
+    return rt
+
+
+def screen_run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
+               models: dict[str, LanguageModel] | None = None) -> list[Path]:
+    """Phase 0 screening (tables 7-9) into OUT/screen/."""
+    from distillscope import contexts, screening
+
+    store = RunStore(out)
+    config = store.open_for(config)
+    rt = load_runtime(config, store, reporter, models)
+    bank = contexts.DemoBank(store.dir / "demos.parquet")
+    return screening.run_screen(rt.student, rt.task, rt.questions, config.teachers, config, bank,
+                                store.dir / "screen", progress=rt.reporter)

@@ -1,0 +1,26 @@
+"""Built-in run configurations. `configs/*.yaml` are the same presets as files; a test keeps
+configs/quickstart.yaml equal to `quickstart_config()`."""
+
+from __future__ import annotations
+
+from distillscope.config import RunConfig, parse_config
+
+QUICKSTART = {
+    "name": "quickstart",
+    "seed": 0,
+    "student": {"backend": "hf", "model": "embedded:smollm2-135m", "device": "cpu"},
+    "teachers": [
+        {"name": "self-1c", "mode": "self-1c"},
+        {"name": "self-1c1w", "mode": "self-1c1w"},
+        {"name": "self-3c", "mode": "self-3c"},
+    ],
+    "task": {"name": "quickstart", "limit": 6},
+    "sampling": {"temperature": 1.0, "max_new_tokens": 32, "batch_groups": 8},
+    "context": {"demo_temperature": 0.7, "max_trials": 16},
+    "tree": {"G": 32, "n_correct_paths": 1, "n_incorrect_paths": 1, "top_k": 3, "top_r": 3,
+             "n_min": 24, "n_sig": 12, "window_base": 8, "group_size": 64},
+}
+
+
+def quickstart_config() -> RunConfig:
+    return parse_config(QUICKSTART, "quickstart preset")

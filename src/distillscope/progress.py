@@ -1,0 +1,102 @@
+"""Progress reporting for long phases, and stage timing.
+
+Library code reports through a `Reporter`; the CLI passes a rich one (bar, items/s, ETA), tests
+and the Python API get the silent default. Stage times go into a flat dict with slash-namespaced
+keys (`time/phase1`), as STYLE.md asks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+
+class Bar(Protocol):
+    def advance(self, n: float = 1) -> None: ...
+
+
+class Reporter(Protocol):
+    def bar(self, description: str, total: float | None, unit: str = "items"): ...
+
+    def log(self, message: str) -> None: ...
+
+
+class _NullBar:
+    def advance(self, n: float = 1) -> None:
+        pass
+
+
+class NullReporter:
+    @contextmanager
+    def bar(self, description: str, total: float | None, unit: str = "items") -> Iterator[Bar]:
+        yield _NullBar()
+
+    def log(self, message: str) -> None:
+        pass
+
+
+class RichReporter:
+    """A rich progress display: description, bar, done/total, rate in `unit`/s, ETA."""
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+
+    @contextmanager
+    def bar(self, description: str, total: float | None, unit: str = "items") -> Iterator[Bar]:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        class _Rate(TextColumn):
+            def render(self, task):  # type: ignore[override]
+                from rich.text import Text
+
+                speed = task.finished_speed or task.speed
+                return Text(f"{speed:,.1f} {unit}/s" if speed else f"-- {unit}/s", style="cyan")
+
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(""),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task(description, total=total)
+
+            class _Bar:
+                def advance(self, n: float = 1) -> None:
+                    progress.advance(task, n)
+
+            yield _Bar()
+
+    def log(self, message: str) -> None:
+        self.console.print(message)
+
+
+class Timer:
+    """`with timer("phase1"): ...` accumulates seconds under `time/phase1`."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = f"time/{stage}"
+            self.metrics[key] = self.metrics.get(key, 0.0) + time.perf_counter() - t0
