@@ -44,24 +44,13 @@ CI_METRICS = ("mean_cosine", "weighted_cosine", "teacher_adv")
 
 
 def read_table(run_dir: str | Path, name: str) -> pd.DataFrame:
-    """One table of a run as a DataFrame; an empty frame with the schema's columns if absent."""
-    run_dir = Path(run_dir)
-    schema = SCHEMAS[name]
-    folder = run_dir / "tables" / name
-    files = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-    if not files:
-        return schema.empty_table().to_pandas()
-    try:  # the run store's own reader, once it exists
-        from distillscope.store import RunStore
-    except ImportError:
-        RunStore = None  # noqa: N806
-    if RunStore is not None:
-        return RunStore(run_dir).read(name)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """One table of a run (committed rows only) as a DataFrame; empty with the schema's
+    columns when absent. The one place this module touches the run store."""
+    from distillscope.store import RunStore
 
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="default")
-    return table.to_pandas()
+    if name not in SCHEMAS:
+        raise KeyError(f"unknown table {name!r}; known: {sorted(SCHEMAS)}")
+    return RunStore(run_dir).read(name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ Conventions (DESIGN.md s2, which departs from the paper where the paper is incon
   Under ``restrict="project"`` the inputs must be the full-vocabulary probabilities of the S_u
   tokens: the function computes the full-vocabulary gradient and keeps its S_u coordinates.
   Those coordinates need one full-vocabulary mean each (P_bar for ideal, the KL for gkd);
-  callers pass them (`p_bar=`, `kl=`). Projected gradients do not sum to zero over S_u.
+  callers pass them (`p_bar=`, `kl=`). Projected gradients do not sum to zero over S_u, and
+  since f_j - mean is then a difference of two O(1) numbers, their absolute precision is
+  ~1e-16 (renorm keeps full relative precision even for tiny gradients).
 
 Numerics: everything happens in log space where it matters. Probabilities are floored at the
 smallest normal float64 (`_TINY`) before logs, so a zero probability gives a huge but finite log
@@ -125,6 +127,14 @@ def _deviation(P_K: np.ndarray, f_K: np.ndarray, scale_K: np.ndarray) -> np.ndar
     return d_KK @ P_K
 
 
+def _onehot_minus(P_K: np.ndarray, r: int, *, renormalised: bool) -> np.ndarray:
+    """delta_rj - P_j. For normalised P, 1 - P_r is summed from the other coordinates, which
+    keeps its precision when P_r is close to 1."""
+    d_K = -P_K
+    d_K[r] = np.sum(np.delete(P_K, r)) if renormalised else 1.0 - P_K[r]
+    return d_K
+
+
 def _token(token: int, size: int) -> int:
     r = int(token)
     if r != token or not 0 <= r < size:
@@ -185,7 +195,8 @@ def gkd_gradient(
     if q_K.size != p_K.size:
         raise ValueError("p_student and p_teacher must have the same length")
     logp, logq = _log(p_K), _log(q_K)
-    scale_K = np.abs(logp) + np.abs(logq)
+    # log x carries an absolute rounding error of ~eps (1 + |log x|).
+    scale_K = np.abs(logp) + np.abs(logq) + 2.0
     if restrict == "renorm":
         if not np.any(q_K > 0):
             raise ValueError("p_teacher puts no mass on S_u: cannot renormalise")
@@ -228,9 +239,7 @@ def sampled_gradient(
         ratio = logq[r] - logp[r]
         scale = abs(logq[r]) + abs(logp[r]) + 1.0
     w = float(_snap(np.asarray(ratio - 1.0), scale))
-    e_K = np.zeros_like(P_K)
-    e_K[r] = 1.0
-    return w * (e_K - P_K)
+    return w * _onehot_minus(P_K, r, renormalised=restrict == "renorm")
 
 
 def minillm_gradient(
@@ -256,9 +265,7 @@ def minillm_gradient(
         raise ValueError("reward_to_go must be finite")
     P_K = _renorm(p_K, "p_student")[0] if restrict == "renorm" else p_K
     w = float(_snap(np.asarray(R - 1.0), abs(R) + 1.0))
-    e_K = np.zeros_like(P_K)
-    e_K[r] = 1.0
-    return w * (e_K - P_K)
+    return w * _onehot_minus(P_K, r, renormalised=restrict == "renorm")
 
 
 def drgrpo_gradient_from_counts(
@@ -400,9 +407,10 @@ def _xlogy_ratio(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def kl(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:
-    """KL(p || q) = sum_v p_v (log p_v - log q_v), p = student, q = teacher (GKD's direction)."""
+    """KL(p || q) = sum_v p_v (log p_v - log q_v), p = student, q = teacher (GKD's direction).
+    Rounding below 0 is clipped to 0 (as for `js`)."""
     P, Q = _pair(p, q)
-    return _out(np.sum(_xlogy_ratio(P, Q), axis=-1))
+    return _out(np.maximum(np.sum(_xlogy_ratio(P, Q), axis=-1), 0.0))
 
 
 def js(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:
@@ -410,7 +418,8 @@ def js(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:
     (scipy's `jensenshannon` returns its square root.)"""
     P, Q = _pair(p, q)
     M = 0.5 * (P + Q)
-    return _out(0.5 * np.sum(_xlogy_ratio(P, M), -1) + 0.5 * np.sum(_xlogy_ratio(Q, M), -1))
+    value = 0.5 * np.sum(_xlogy_ratio(P, M), -1) + 0.5 * np.sum(_xlogy_ratio(Q, M), -1)
+    return _out(np.maximum(value, 0.0))
 
 
 def l2(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:

@@ -1,0 +1,61 @@
+"""Chat templates and tokenizer identity for transformers tokenizers (no torch needed).
+
+* `render_chat`: the model's own chat template, generation prompt appended, with the run's
+  system prompt put first when the messages carry none, and `enable_thinking` handed to the
+  template (Qwen3 templates read it; others ignore unknown variables). A tokenizer without a
+  template gets a plain "role: content" layout, which is said in its docstring, not guessed.
+* `tokenizer_fingerprint`: a hash of the vocabulary and the special tokens, equal for two
+  tokenizers that map text to the same ids (the teacher/student check of DESIGN.md s5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["chat_messages", "render_chat", "tokenizer_fingerprint"]
+
+
+def chat_messages(
+    messages: Sequence[dict[str, str]], system_prompt: str | None
+) -> list[dict[str, str]]:
+    """The messages with `system_prompt` prepended unless they already start with a system
+    message (an explicit system message wins over the configured one)."""
+    out = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if system_prompt is not None and not (out and out[0]["role"] == "system"):
+        out.insert(0, {"role": "system", "content": system_prompt})
+    return out
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: Sequence[dict[str, str]],
+    *,
+    system_prompt: str | None,
+    enable_thinking: bool = True,
+) -> str:
+    """Prompt text for `messages`, ending where the assistant's answer starts.
+
+    Without a chat template the layout is "role: content" lines followed by "assistant:"."""
+    msgs = chat_messages(messages, system_prompt)
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+        )
+        return str(text)
+    lines = [f"{m['role']}: {m['content']}" for m in msgs]
+    return "\n".join([*lines, "assistant:"])
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """sha256 (first 16 hex digits) of the sorted vocabulary, added tokens included, and the
+    special tokens with their ids."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    specials = sorted(
+        (str(tok), int(tokenizer.convert_tokens_to_ids(tok)))
+        for tok in getattr(tokenizer, "all_special_tokens", [])
+    )
+    blob = json.dumps({"vocab": vocab, "special": specials}, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]

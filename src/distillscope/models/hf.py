@@ -1,0 +1,748 @@
+"""The transformers backend: shared-prefix group sampling and chunked full-vocabulary scoring.
+
+Sampling (`HFModel.sample`). A request is a group: n continuations of one prefix (a targeted
+rollout is ~100 samples behind one long prefix). Each prefix is prefilled ONCE; its n samples
+decode from that KV cache; several groups decode together in one batch. Batch slots are laid
+out (group, sample) with every group padded to the batch's largest n (pad slots start finished).
+
+* Llama-family decoders (llama, qwen2, qwen3, mistral; `_Runner.supports`) run on our own
+  decode loop over the model's modules: static KV buffers, one decode step = one function
+  without host syncs, captured as CUDA graphs (one per 32-slot bucket of generated length, so
+  attention reads only the slots in use, rounded up). Attention is *cascade* attention: each
+  group's prefix KV is stored once and attended by the group's n queries together, the
+  per-sample suffix KV separately, the two merged by log-sum-exp; nothing of the prefix is
+  copied per sample or re-read per sample. `options={"cascade": False}` stores a copy of the
+  prefix KV per sample instead (the plain approach; kept for benchmarks and tests).
+* Any other architecture runs the generic path: HF forward with a DynamicCache, one group at a
+  time, the cache repeated n times after the prefill.
+
+Randomness: a group's noise is one uniform per (sample, step), drawn up front from a CPU
+`torch.Generator` seeded with the group's seed (rows = samples). The token is the inverse-CDF
+draw of that uniform (after temperature and top-p). So a group's samples depend on its seed,
+n and max_new_tokens only, not on what else is batched, nor on the device, up to floating-point
+differences in the logits themselves (matrix shapes change with the batch; a draw flips only if
+its uniform lands within that rounding of a CDF boundary). temperature <= 0 is greedy (argmax).
+
+Stopping: EOS (included in `token_ids`, finish "eos"), `max_new_tokens` or the model's
+`max_context` (finish "length"), stop strings (finish "stop"; `token_ids` end with the token
+that completes the first stop string and `text` is their decoding, so the stop string is in
+it). Finished samples keep their slot (static shapes) and are masked; the loop exits when all
+are done (checked every few steps on CUDA, every step on CPU).
+
+Scoring (`HFModel.logprob_chunks`): one forward of the base model over context + response
+(hidden states only), then lm_head and a float32 log-softmax chunk by chunk on the device;
+memory is O(T x hidden + chunk x V), so a 30k-token response fits.
+
+Shape letters: B batch slots, G groups, L prefix positions, S generated positions (slots),
+V vocabulary, H query heads, K key/value heads, R = H / K, D head dim.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from distillscope.models.base import ModelError
+from distillscope.models.chat import render_chat, tokenizer_fingerprint
+from distillscope.types import Completion, FinishReason, SampleRequest, SamplingParams
+
+if TYPE_CHECKING:
+    from distillscope.config import ModelSpec
+
+__all__ = ["HFModel", "draw_tokens", "group_uniforms", "load_hf_model"]
+
+log = logging.getLogger(__name__)
+
+OPTIONS: dict[str, str] = {
+    "cache_dir": "folder for the embedded model's converted weights (~/.cache/distillscope)",
+    "max_context": "longest context + response in tokens (default: the model config's)",
+    "max_batch_samples": "most samples decoded together (default: 256 on CPU, by memory on CUDA)",
+    "cascade": "shared-prefix attention (default true); false = a prefix KV copy per sample",
+    "cuda_graphs": "capture the decode step as CUDA graphs (default true on CUDA)",
+    "runner": "auto | fast | generic (fast = our Llama-family decode loop)",
+    "attn_implementation": "transformers attention for prefill-free forwards (default sdpa)",
+}
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device '{name}' asked for, but CUDA is not available here")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_hf_model(spec: ModelSpec) -> HFModel:
+    """Load `spec.model` (HF id, local folder, or 'embedded:smollm2-135m')."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distillscope.models.embedded import is_embedded, resolve_embedded
+
+    opts = dict(spec.options)
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise ModelError(
+            f"unknown hf backend option(s) {unknown}; allowed: {', '.join(sorted(OPTIONS))}"
+        )
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    source = spec.model
+    if is_embedded(spec.model):
+        source = str(resolve_embedded(spec.model, opts.get("cache_dir")))
+    trust = bool(spec.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            dtype=dtype,
+            trust_remote_code=trust,
+            attn_implementation=opts.pop("attn_implementation", "sdpa"),
+        )
+    except (OSError, ValueError) as err:
+        raise ModelError(f"cannot load model '{spec.model}': {err}") from err
+    model.to(device).eval()
+    opts.pop("cache_dir", None)
+    return HFModel(
+        model,
+        tokenizer,
+        name=f"hf:{spec.model}",
+        system_prompt=spec.system_prompt,
+        enable_thinking=spec.enable_thinking,
+        **opts,
+    )
+
+
+# --- sampling primitives (pure) --------------------------------------------------------------
+
+
+def group_uniforms(seed: int, n: int, steps: int) -> torch.Tensor:
+    """(n, steps) float32 uniforms in [0, 1) of one group, on the CPU. Row j is sample j's
+    noise: it does not depend on n, so a larger group extends a smaller one."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    return torch.rand(n, steps, generator=gen, dtype=torch.float32)
+
+
+def draw_tokens(
+    logits_B_V: torch.Tensor, u_B: torch.Tensor, temperature: float, top_p: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse-CDF draw of one token per row with the row's uniform. Returns (tokens_B,
+    finite_B); finite is False where the logits held NaN/+inf. temperature <= 0: argmax."""
+    if temperature <= 0:
+        val_B, tok_B = logits_B_V.max(dim=-1)
+        return tok_B, torch.isfinite(val_B)
+    x_B_V = logits_B_V.float()
+    if temperature != 1.0:
+        x_B_V = x_B_V / temperature
+    p_B_V = torch.softmax(x_B_V, dim=-1)
+    idx_B_V = None
+    if top_p < 1.0:
+        p_B_V, idx_B_V = p_B_V.sort(dim=-1, descending=True)
+        before_B_V = p_B_V.cumsum(dim=-1) - p_B_V
+        p_B_V = p_B_V.masked_fill(before_B_V >= top_p, 0.0)  # the first token always stays
+    cdf_B_V = p_B_V.cumsum(dim=-1)
+    total_B1 = cdf_B_V[:, -1:]
+    j_B1 = torch.searchsorted(cdf_B_V, u_B.reshape(-1, 1) * total_B1, right=True)
+    j_B1 = j_B1.clamp_(max=cdf_B_V.shape[-1] - 1)
+    tok_B = (j_B1 if idx_B_V is None else idx_B_V.gather(1, j_B1)).squeeze(1)
+    return tok_B, torch.isfinite(total_B1.squeeze(1))
+
+
+@dataclass
+class _State:
+    """Device-side state of one decode batch. Every field is updated in place (CUDA graphs)."""
+
+    out_B_S: torch.Tensor  # int64, generated tokens, -1 = none
+    done_B: torch.Tensor  # bool
+    limit_B: torch.Tensor  # int64, max tokens of the slot
+    u_B_S: torch.Tensor  # float32 uniforms
+    step: torch.Tensor  # int64 (1,), index of the next column of out to write
+    pos0_B: torch.Tensor  # int64, prefix length = position of out[:, 0]
+    eos_E: torch.Tensor  # int64
+    bad_B: torch.Tensor  # bool, saw non-finite logits
+    temperature: float
+    top_p: float
+
+    def advance(self, logits_B_V: torch.Tensor) -> None:
+        """Draw the next token of every slot into column `step`, update done, step += 1."""
+        u_B = self.u_B_S.index_select(1, self.step).squeeze(1)
+        tok_B, finite_B = draw_tokens(logits_B_V, u_B, self.temperature, self.top_p)
+        self.bad_B |= ~finite_B & ~self.done_B
+        tok_B = torch.where(self.done_B, torch.full_like(tok_B, -1), tok_B)
+        self.out_B_S.index_copy_(1, self.step, tok_B[:, None])
+        is_eos_B = (tok_B[:, None] == self.eos_E[None]).any(dim=-1)
+        self.done_B |= is_eos_B | (self.step + 1 >= self.limit_B)
+        self.step += 1
+
+    def last_tokens(self) -> torch.Tensor:
+        return self.out_B_S.index_select(1, self.step - 1).squeeze(1).clamp_min(0)
+
+
+# --- the Llama-family decode runner ----------------------------------------------------------
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rot * sin
+
+
+def _attend(
+    q_X_K_R_D: torch.Tensor, k_X_K_S_D: torch.Tensor, v_X_K_S_D: torch.Tensor, mask, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of R query rows per (X, K) over S keys: (out float32 (X,K,R,D), lse (X,K,R,1)).
+    Every row must see at least one key."""
+    s = torch.matmul(q_X_K_R_D, k_X_K_S_D.transpose(-1, -2)).float() * scale
+    s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1, keepdim=True)
+    p = torch.exp(s - lse)
+    return torch.matmul(p.to(v_X_K_S_D.dtype), v_X_K_S_D).float(), lse
+
+
+@dataclass
+class _KV:
+    """Static KV buffers of a batch: per layer, prefix (Gp, K, L, D) and suffix (B, K, S, D)."""
+
+    pre_k: list[torch.Tensor]
+    pre_v: list[torch.Tensor]
+    pre_mask: torch.Tensor  # bool (Gp, 1, 1, L)
+    suf_k: list[torch.Tensor]
+    suf_v: list[torch.Tensor]
+    per_group: int  # query slots per prefix entry: n_max (cascade) or 1 (copies)
+
+
+class _Runner:
+    """Prefill and decode steps of a Llama-family model, on the model's own modules."""
+
+    TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+    @classmethod
+    def supports(cls, model: Any) -> bool:
+        cfg = model.config
+        base = getattr(model, "base_model", None)
+        if cfg.model_type not in cls.TYPES or base is None:
+            return False
+        if not all(hasattr(base, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+            return False
+        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+            return False
+        if cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None):
+            return False
+        return getattr(base.rotary_emb, "rope_type", "default") not in ("dynamic", "longrope")
+
+    def __init__(self, model: Any, max_positions: int) -> None:
+        base = model.base_model
+        cfg = model.config
+        self.embed = base.embed_tokens
+        self.layers = list(base.layers)[: cfg.num_hidden_layers]
+        self.norm = base.norm
+        self.lm_head = model.get_output_embeddings()
+        attn = self.layers[0].self_attn
+        self.H = cfg.num_attention_heads
+        self.K = cfg.num_key_value_heads
+        self.R = self.H // self.K
+        self.D = attn.head_dim
+        self.scale = float(attn.scaling)
+        self.qk_norm = hasattr(attn, "q_norm")
+        weight = self.embed.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        pos = torch.arange(max_positions, device=self.device)[None]
+        cos, sin = base.rotary_emb(weight[:1], pos)
+        self.cos_P_D, self.sin_P_D = cos[0].to(self.dtype), sin[0].to(self.dtype)
+
+    def kv_bytes_per_token(self) -> int:
+        return len(self.layers) * 2 * self.K * self.D * torch.finfo(self.dtype).bits // 8
+
+    def _qkv(self, layer: Any, h: torch.Tensor, shape: tuple[int, ...]):
+        a = layer.self_attn
+        q = a.q_proj(h).view(*shape, self.H, self.D)
+        k = a.k_proj(h).view(*shape, self.K, self.D)
+        v = a.v_proj(h).view(*shape, self.K, self.D)
+        if self.qk_norm:
+            q, k = a.q_norm(q), a.k_norm(k)
+        return q, k, v
+
+    def prefill(self, ids_L: torch.Tensor):
+        """One prefix: per-layer keys and values (K, L, D) and the last position's logits (V)."""
+        L = ids_L.shape[0]
+        x = self.embed(ids_L[None])
+        cos, sin = self.cos_P_D[:L][:, None], self.sin_P_D[:L][:, None]  # (L, 1, D)
+        ks, vs = [], []
+        for layer in self.layers:
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), (1, L))
+            q, k = _rope(q, cos, sin).transpose(1, 2), _rope(k, cos, sin).transpose(1, 2)
+            v = v.transpose(1, 2)
+            ks.append(k[0])
+            vs.append(v[0])
+            kr = k.repeat_interleave(self.R, dim=1)
+            vr = v.repeat_interleave(self.R, dim=1)
+            o = F.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=self.scale)
+            x = x + layer.self_attn.o_proj(o.transpose(1, 2).reshape(1, L, self.H * self.D))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return ks, vs, self.lm_head(self.norm(x[0, -1:]))[0]
+
+    def decode(self, st: _State, kv: _KV, upto: int) -> torch.Tensor:
+        """One decode step for every slot (no host sync): logits (B, V) of the next token.
+        The input token out[:, step-1] sits at suffix slot step-1; slots >= upto are unread."""
+        slot = st.step - 1
+        tok_B = st.last_tokens()
+        B = tok_B.shape[0]
+        pos_B = (st.pos0_B + slot).clamp_(max=self.cos_P_D.shape[0] - 1)
+        cos, sin = self.cos_P_D[pos_B][:, None], self.sin_P_D[pos_B][:, None]  # (B, 1, D)
+        valid_S = torch.arange(upto, device=self.device) < st.step
+        n = kv.per_group
+        Gp = B // n
+        x = self.embed(tok_B)
+        for li, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, layer.input_layernorm(x), (B,))
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            kv.suf_k[li].index_copy_(2, slot, k[:, :, None])
+            kv.suf_v[li].index_copy_(2, slot, v[:, :, None])
+            q_B_K_R_D = q.view(B, self.K, self.R, self.D)
+            # prefix: the n queries of a group against its one prefix copy
+            q_G_K_nR_D = (
+                q_B_K_R_D.view(Gp, n, self.K, self.R, self.D)
+                .transpose(1, 2)
+                .reshape(Gp, self.K, n * self.R, self.D)
+            )
+            o1, l1 = _attend(q_G_K_nR_D, kv.pre_k[li], kv.pre_v[li], kv.pre_mask, self.scale)
+            o1 = (
+                o1.view(Gp, self.K, n, self.R, self.D)
+                .transpose(1, 2)
+                .reshape(B, self.K, self.R, -1)
+            )
+            l1 = l1.view(Gp, self.K, n, self.R, 1).transpose(1, 2).reshape(B, self.K, self.R, 1)
+            # suffix: each sample's own generated tokens
+            ks, vs = kv.suf_k[li][:, :, :upto], kv.suf_v[li][:, :, :upto]
+            o2, l2 = _attend(q_B_K_R_D, ks, vs, valid_S, self.scale)
+            m = torch.maximum(l1, l2)
+            w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
+            o = ((o1 * w1 + o2 * w2) / (w1 + w2)).to(self.dtype)
+            x = x + layer.self_attn.o_proj(o.reshape(B, self.H * self.D))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return self.lm_head(self.norm(x))
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A slice [start, start + count) of the samples of request `req`."""
+
+    req: int
+    start: int
+    count: int
+
+
+class HFModel:
+    """A transformers causal LM behind the `LanguageModel` protocol.
+
+    Options (keyword arguments; `ModelSpec.options` for `load_hf_model`) are listed in
+    `OPTIONS`. `eos_token_ids` overrides the model's EOS set (an empty tuple disables EOS, as the
+    throughput benchmark does)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        name: str = "hf",
+        system_prompt: str | None = None,
+        enable_thinking: bool = True,
+        max_context: int | None = None,
+        max_batch_samples: int | None = None,
+        cascade: bool = True,
+        cuda_graphs: bool = True,
+        runner: str = "auto",
+        eos_token_ids: Sequence[int] | None = None,
+        check_every: int | None = None,
+    ) -> None:
+        if runner not in ("auto", "fast", "generic"):
+            raise ModelError(f"runner must be auto, fast or generic, got '{runner}'")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.system_prompt = system_prompt
+        self.enable_thinking = enable_thinking
+        cfg = model.config
+        self._max_context = int(max_context or getattr(cfg, "max_position_embeddings", 4096))
+        self._max_batch_samples = max_batch_samples
+        self.cascade = bool(cascade)
+        self._device = next(model.parameters()).device
+        self.cuda_graphs = bool(cuda_graphs) and self._device.type == "cuda"
+        self.check_every = check_every or (16 if self._device.type == "cuda" else 1)
+        if eos_token_ids is None:
+            eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+            eos = cfg.eos_token_id if eos is None else eos
+            ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+            if tokenizer.eos_token_id is not None:
+                ids.add(int(tokenizer.eos_token_id))
+            eos_token_ids = sorted(ids)
+        self._eos = tuple(int(i) for i in eos_token_ids)
+        fast_ok = _Runner.supports(model)
+        if runner == "fast" and not fast_ok:
+            raise ModelError(f"runner 'fast' does not support model type '{cfg.model_type}'")
+        use_fast = fast_ok and runner != "generic"
+        self._runner = _Runner(model, self._max_context) if use_fast else None
+        self.last_stats: dict[str, float] = {}
+
+    # -- protocol: identity and text --
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self._eos
+
+    @property
+    def max_context(self) -> int:
+        return self._max_context
+
+    @property
+    def device(self) -> str:
+        return str(self._device)
+
+    def tokenizer_fingerprint(self) -> str:
+        return tokenizer_fingerprint(self.tokenizer)
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = render_chat(
+            self.tokenizer,
+            messages,
+            system_prompt=self.system_prompt,
+            enable_thinking=self.enable_thinking,
+        )
+        return self.encode(text)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Faithful decoding, special tokens shown (Completion.text hides them)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    # -- protocol: scoring --
+
+    def logprob_chunks(
+        self, context_ids: Sequence[int], response_ids: Sequence[int], chunk_size: int = 1024
+    ) -> Iterator[torch.Tensor]:
+        n_ctx, T = len(context_ids), len(response_ids)
+        if n_ctx < 1:
+            raise ModelError("logprob_chunks needs at least one context token")
+        self._check_length(n_ctx + T, "context + response")
+        if chunk_size < 1:
+            raise ModelError(f"chunk_size must be >= 1, got {chunk_size}")
+        ids = torch.tensor([[*context_ids, *response_ids]], dtype=torch.long, device=self._device)
+        with torch.inference_mode():
+            out = self.model.base_model(input_ids=ids, use_cache=False)
+            h_T = out.last_hidden_state[0, n_ctx - 1 : n_ctx - 1 + T]
+        return self._chunks(h_T, chunk_size)
+
+    def _chunks(self, h_T: torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
+        head = self.model.get_output_embeddings()
+        cap = getattr(self.model.config, "final_logit_softcapping", None)
+        for start in range(0, h_T.shape[0], chunk_size):
+            with torch.inference_mode():
+                logits = head(h_T[start : start + chunk_size]).float()
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+                if not bool(torch.isfinite(logits).all()):
+                    raise ModelError(
+                        f"{self.name}: non-finite logits at response positions from {start}"
+                    )
+                lp = torch.log_softmax(logits, dim=-1)
+            yield lp
+
+    # -- protocol: sampling --
+
+    def sample(
+        self, requests: Sequence[SampleRequest], params: SamplingParams
+    ) -> list[list[Completion]]:
+        S = int(params.max_new_tokens)
+        if S < 1:
+            raise ModelError(f"max_new_tokens must be >= 1, got {S}")
+        if not 0.0 < params.top_p <= 1.0:
+            raise ModelError(f"top_p must be in (0, 1], got {params.top_p}")
+        for r in requests:
+            if len(r.prefix_ids) < 1:
+                raise ModelError("a sampling prefix must hold at least one token")
+            if len(r.prefix_ids) >= self._max_context:
+                raise ModelError(
+                    f"{self.name}: a prompt of {len(r.prefix_ids)} tokens leaves no room to "
+                    f"generate under max_context ({self._max_context}); shorten it or raise "
+                    f"options.max_context"
+                )
+            if r.n < 0:
+                raise ModelError(f"n must be >= 0, got {r.n}")
+        uniforms = [group_uniforms(r.seed, r.n, S) for r in requests]
+        results: list[list[Completion | None]] = [[None] * r.n for r in requests]
+        stats = {"time/prefill": 0.0, "time/decode": 0.0, "tokens": 0.0, "steps": 0.0}
+        with torch.inference_mode():
+            for batch in self._plan(requests, S):
+                if self._runner is not None:
+                    outs = self._sample_fast(requests, batch, uniforms, params, stats)
+                else:
+                    outs = self._sample_generic(requests, batch, uniforms, params, stats)
+                for job, rows in zip(batch, outs, strict=True):
+                    for j, tokens in enumerate(rows):
+                        comp = self._completion(tokens, params.stop_strings)
+                        results[job.req][job.start + j] = comp
+                        stats["tokens"] += len(comp.token_ids)
+        self.last_stats = stats
+        return [[c for c in row if c is not None] for row in results]
+
+    def _check_length(self, n: int, what: str) -> None:
+        if n > self._max_context:
+            raise ModelError(
+                f"{self.name}: {what} of {n} tokens is longer than max_context "
+                f"({self._max_context}); shorten the prompt or raise options.max_context"
+            )
+
+    def _plan(self, requests: Sequence[SampleRequest], S: int) -> list[list[_Job]]:
+        """Split groups into jobs of at most `cap` samples and pack consecutive jobs into
+        batches of at most `cap` slots (slots = jobs x largest job)."""
+        longest = max((len(r.prefix_ids) for r in requests), default=1)
+        cap = self._batch_cap(S, longest)
+        jobs = [
+            _Job(i, s, min(cap, r.n - s))
+            for i, r in enumerate(requests)
+            for s in range(0, r.n, cap)
+        ]
+        batches: list[list[_Job]] = []
+        for job in jobs:
+            cur = batches[-1] if batches else None
+            if cur is not None and (len(cur) + 1) * max(job.count, *(j.count for j in cur)) <= cap:
+                cur.append(job)
+            else:
+                batches.append([job])
+        return batches if self._runner is not None else [[j] for j in jobs]
+
+    def _batch_cap(self, S: int, longest: int) -> int:
+        if self._max_batch_samples is not None:
+            return max(1, int(self._max_batch_samples))
+        if self._device.type != "cuda" or self._runner is None:
+            return 256
+        free, _ = torch.cuda.mem_get_info(self._device)
+        per_slot = self._runner.kv_bytes_per_token() * (S + (0 if self.cascade else longest))
+        per_slot += self.vocab_size * 4 * 4  # float32 logits, probabilities, cdf, temporaries
+        return int(max(1, min(4096, 0.6 * free // per_slot)))
+
+    def _new_state(self, n_slots: int, S: int, params: SamplingParams) -> _State:
+        dev = self._device
+        return _State(
+            out_B_S=torch.full((n_slots, S), -1, dtype=torch.long, device=dev),
+            done_B=torch.zeros(n_slots, dtype=torch.bool, device=dev),
+            limit_B=torch.zeros(n_slots, dtype=torch.long, device=dev),
+            u_B_S=torch.zeros(n_slots, S, dtype=torch.float32, device=dev),
+            step=torch.zeros(1, dtype=torch.long, device=dev),
+            pos0_B=torch.zeros(n_slots, dtype=torch.long, device=dev),
+            eos_E=torch.tensor(self._eos, dtype=torch.long, device=dev),
+            bad_B=torch.zeros(n_slots, dtype=torch.bool, device=dev),
+            temperature=float(params.temperature),
+            top_p=float(params.top_p),
+        )
+
+    def _fill_slots(self, st, batch, requests, uniforms, width: int, S: int) -> None:
+        """Slots (job, j) for j < width; those with j >= job.count start finished."""
+        done, limit, u, pos0 = [], [], [], []
+        for job in batch:
+            L = len(requests[job.req].prefix_ids)
+            rows = uniforms[job.req][job.start : job.start + job.count]
+            u.append(F.pad(rows, (0, 0, 0, width - job.count)))
+            done += [False] * job.count + [True] * (width - job.count)
+            limit += [min(S, self._max_context - L)] * width
+            pos0 += [L] * width
+        st.done_B.copy_(torch.tensor(done))
+        st.limit_B.copy_(torch.tensor(limit))
+        st.u_B_S.copy_(torch.cat(u))
+        st.pos0_B.copy_(torch.tensor(pos0))
+
+    # -- fast path --
+
+    def _sample_fast(self, requests, batch, uniforms, params, stats) -> list[list[list[int]]]:
+        run = self._runner
+        assert run is not None
+        S = int(params.max_new_tokens)
+        n = max(job.count for job in batch)
+        G, B = len(batch), len(batch) * n
+        t0 = time.perf_counter()
+        prefixes = [requests[job.req].prefix_ids for job in batch]
+        Lmax = max(len(p) for p in prefixes)
+        n_layers = len(run.layers)
+        shape = (G, run.K, Lmax, run.D)
+        pre_k = [torch.zeros(shape, dtype=run.dtype, device=run.device) for _ in range(n_layers)]
+        pre_v = [torch.zeros(shape, dtype=run.dtype, device=run.device) for _ in range(n_layers)]
+        lengths = torch.tensor([len(p) for p in prefixes], device=run.device)
+        pre_mask = (torch.arange(Lmax, device=run.device)[None] < lengths[:, None])[:, None, None]
+        first = []
+        for g, prefix in enumerate(prefixes):
+            ids = torch.tensor(prefix, dtype=torch.long, device=run.device)
+            ks, vs, logits_V = run.prefill(ids)
+            for li in range(n_layers):
+                pre_k[li][g, :, : len(prefix)] = ks[li]
+                pre_v[li][g, :, : len(prefix)] = vs[li]
+            first.append(logits_V)
+        per_group = n
+        if not self.cascade:  # one prefix copy per slot
+            slot_group = torch.arange(G, device=run.device).repeat_interleave(n)
+            pre_k = [k.index_select(0, slot_group) for k in pre_k]
+            pre_v = [v.index_select(0, slot_group) for v in pre_v]
+            pre_mask = pre_mask.index_select(0, slot_group)
+            per_group = 1
+        suf = (B, run.K, max(S - 1, 1), run.D)
+        kv = _KV(
+            pre_k,
+            pre_v,
+            pre_mask,
+            [torch.zeros(suf, dtype=run.dtype, device=run.device) for _ in range(n_layers)],
+            [torch.zeros(suf, dtype=run.dtype, device=run.device) for _ in range(n_layers)],
+            per_group,
+        )
+        st = self._new_state(B, S, params)
+        self._fill_slots(st, batch, requests, uniforms, n, S)
+        st.advance(torch.stack(first).repeat_interleave(n, dim=0))
+        self._sync()
+        t1 = time.perf_counter()
+        stats["time/prefill"] += t1 - t0
+        self._decode_loop(
+            st, S, lambda upto: st.advance(run.decode(st, kv, upto)), stats, params.stop_strings
+        )
+        stats["time/decode"] += time.perf_counter() - t1
+        out = st.out_B_S.cpu()
+        return [[_row(out[g * n + j]) for j in range(job.count)] for g, job in enumerate(batch)]
+
+    def _decode_loop(
+        self, st: _State, S: int, step_fn, stats, stop_strings: tuple[str, ...], bucket: int = 32
+    ) -> None:
+        """Steps 1 .. S-1 (step 0 came from the prefill). `step_fn(upto)` is one step that
+        reads suffix slots [0, upto); on CUDA it is captured once per `upto` and replayed."""
+        graphs: dict[int, Any] = {}
+        pool = None
+        use_graphs = self.cuda_graphs
+        for i in range(1, S):
+            if (i - 1) % self.check_every == 0 and self._finished(st, i, stop_strings):
+                break
+            upto = min(S - 1, ((i - 1) // bucket + 1) * bucket)
+            if not use_graphs:
+                step_fn(upto)
+            elif upto in graphs:
+                graphs[upto].replay()
+            else:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    step_fn(upto)  # a real step, and the warm-up before capture
+                torch.cuda.current_stream().wait_stream(side)
+                try:
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        step_fn(upto)
+                    pool = graph.pool()
+                    graphs[upto] = graph
+                except RuntimeError as err:  # pragma: no cover - depends on the CUDA stack
+                    log.warning("CUDA graph capture failed (%s); decoding eagerly", err)
+                    use_graphs = self.cuda_graphs = False
+            stats["steps"] += 1
+        self._finished(st, S, stop_strings)
+        stats["graphs"] = float(len(graphs))
+
+    def _finished(self, st: _State, i: int, stop_strings: tuple[str, ...]) -> bool:
+        """Host check: raise on bad logits, mark stop-string hits done, all done?"""
+        if bool(st.bad_B.any()):
+            raise ModelError(f"{self.name}: non-finite logits while sampling (NaN or inf)")
+        if stop_strings:
+            lo = max(0, i - self.check_every - 16)
+            window = st.out_B_S[:, lo:i].cpu()
+            running = (~st.done_B).nonzero().flatten().cpu().tolist()
+            hit = [b for b in running if _has_stop(self.tokenizer, _row(window[b]), stop_strings)]
+            if hit:
+                st.done_B[torch.tensor(hit, device=st.done_B.device)] = True
+        return bool(st.done_B.all())
+
+    def _sync(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
+    # -- generic path --
+
+    def _sample_generic(self, requests, batch, uniforms, params, stats) -> list[list[list[int]]]:
+        (job,) = batch
+        S = int(params.max_new_tokens)
+        t0 = time.perf_counter()
+        ids = torch.tensor([requests[job.req].prefix_ids], dtype=torch.long, device=self._device)
+        out = self.model(input_ids=ids, use_cache=True)
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(job.count)
+        st = self._new_state(job.count, S, params)
+        self._fill_slots(st, batch, requests, uniforms, job.count, S)
+        st.advance(out.logits[:, -1].expand(job.count, -1))
+        t1 = time.perf_counter()
+        stats["time/prefill"] += t1 - t0
+
+        def step(_upto: int) -> None:
+            logits = self.model(
+                input_ids=st.last_tokens()[:, None], past_key_values=cache, use_cache=True
+            ).logits
+            st.advance(logits[:, -1])
+
+        graphs, self.cuda_graphs = self.cuda_graphs, False
+        try:
+            self._decode_loop(st, S, step, stats, params.stop_strings)
+        finally:
+            self.cuda_graphs = graphs
+        stats["time/decode"] += time.perf_counter() - t1
+        out_B_S = st.out_B_S.cpu()
+        return [[_row(out_B_S[j]) for j in range(job.count)]]
+
+    # -- results --
+
+    def _completion(self, tokens: list[int], stop_strings: tuple[str, ...]) -> Completion:
+        reason: FinishReason = "eos" if tokens and tokens[-1] in self._eos else "length"
+        cut = _stop_at(self.tokenizer, tokens, stop_strings) if stop_strings else None
+        if cut is not None:
+            tokens, reason = tokens[:cut], "stop"
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Completion(token_ids=tuple(tokens), text=text, finish_reason=reason)
+
+
+def _row(t: torch.Tensor) -> list[int]:
+    """Generated tokens of one slot: everything before the first -1."""
+    vals = t.tolist()
+    return vals[: vals.index(-1)] if -1 in vals else vals
+
+
+def _has_stop(tokenizer: Any, tokens: list[int], stop_strings: Sequence[str]) -> bool:
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return any(s in text for s in stop_strings)
+
+
+def _stop_at(tokenizer: Any, tokens: list[int], stop_strings: Sequence[str]) -> int | None:
+    """Smallest k such that tokens[:k] decodes to text containing a stop string, or None."""
+    if not tokens or not _has_stop(tokenizer, tokens, stop_strings):
+        return None
+    lo, hi = 1, len(tokens)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _has_stop(tokenizer, tokens[:mid], stop_strings):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

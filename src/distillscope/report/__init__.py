@@ -1,0 +1,306 @@
+"""The report of a run: summary.json, tables (CSV + Markdown), PNG figures and report.html.
+
+    write_report(run_dir) -> RUN_DIR/report/report.html
+
+Everything is computed from the run's tables by `distillscope.analysis`; no model is loaded.
+Files are written atomically (temp file, fsync, rename), so a crash never leaves half a report.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from distillscope import analysis
+from distillscope.report import html as H
+from distillscope.report import plots
+from distillscope.report.data import Run, load_run, path_views
+from distillscope.report.findings import headline_findings
+
+__all__ = ["write_report"]
+
+REPORT_TABLES = ("questions", "paths", "children", "distributions", "nodes")
+
+METRIC_LABELS = {"mean_cosine": "Mean cosine", "weighted_cosine": "Weighted cosine (SR range)",
+                 "teacher_adv": "Teacher advantage"}
+FEATURE_LABELS = {"depth_norm": "Depth (normalised)", "kl": "KL(π_θ ‖ π_te)",
+                  "js": "JS divergence", "l2": "L2 distance", "prob_cos": "Cosine(π_θ, π_te)",
+                  "entropy_gap": "Entropy gap", "overlap_ratio": "Top-k overlap ratio"}
+
+# How each analysis table appears in the HTML: (heading, caption HTML, columns).
+C = H.Col
+TABLES: dict[str, tuple[str, str, list]] = {
+    "teacher_ranking": (
+        "Table 1 · Teacher ranking",
+        "<b>Mean alignment per teacher</b> over decision points, 95% CI from a question-clustered "
+        "bootstrap (questions resampled, not nodes). <i>Gap</i>: to the next-ranked teacher, "
+        "with a paired bootstrap CI; <i>separated</i> when it excludes 0.",
+        [C("rank", "#", "d"), C("teacher", "Teacher", "s"), C("mean", "Mean align", "+3"),
+         C("ci_low|ci_high", "95% CI", "+3"), C("n_nodes", "Nodes", "d"),
+         C("n_nan", "NaN dropped", "d"), C("n_questions", "Questions", "d"),
+         C("gap_to_next", "Gap to next", "+3"), C("gap_ci_low|gap_ci_high", "Gap CI", "+3"),
+         C("separated", "Separated", "b")],
+    ),
+    "correct_vs_incorrect": (
+        "Table 4 · Correct vs incorrect paths (all teachers)",
+        "<b>Δ = correct − incorrect.</b> CI: question-clustered bootstrap. <i>p (perm.)</i>: "
+        "path labels permuted within questions that have both kinds of path (exact when few "
+        "assignments); <i>min p</i> is the smallest p that design allows. <i>p (Welch)</i>: the "
+        "paper's node-level test, shown for comparison; it ignores clustering and overstates "
+        "significance.",
+        [C("metric_label", "Metric", "s"), C("correct", "Correct", "+3"),
+         C("incorrect", "Incorrect", "+3"), C("delta", "Δ", "+3"),
+         C("delta_ci_low|delta_ci_high", "Δ 95% CI", "+3"), C("p_perm", "p (perm.)", "p"),
+         C("p_perm_min", "min p", "p"), C("p_welch", "p (Welch, nodes)", "p"),
+         C("n_questions_mixed", "Qs with both", "d"), C("n_correct", "Nodes corr.", "d"),
+         C("n_incorrect", "Nodes incorr.", "d")],
+    ),
+    "correct_vs_incorrect_by_teacher": (
+        "Table 6 · Correct vs incorrect, per teacher (mean cosine)",
+        "As table 4, one teacher at a time (mean-cosine rows; the CSV has every metric).",
+        [C("teacher", "Teacher", "s"), C("correct", "Correct", "+3"),
+         C("incorrect", "Incorrect", "+3"), C("delta", "Δ", "+3"),
+         C("delta_ci_low|delta_ci_high", "Δ 95% CI", "+3"), C("p_perm", "p (perm.)", "p"),
+         C("p_welch", "p (Welch)", "p"), C("n_questions_mixed", "Qs with both", "d")],
+    ),
+    "teacher_metrics": (
+        "Table 3 · Alternative ranking metrics",
+        "<b>Fraction positive</b>: share of decision points with align &gt; 0. <b>Weighted "
+        "cosine</b>: Σ SR·align / Σ SR. <b>Mean signal</b>: mean of SR range × align.",
+        [C("teacher", "Teacher", "s"), C("n_nodes", "Nodes", "d"),
+         C("mean_cosine", "Mean cosine", "+3"), C("frac_positive", "Frac. positive", "3"),
+         C("weighted_cosine", "Weighted cosine (SR)", "+3"),
+         C("mean_signal", "Mean signal", "+4")],
+    ),
+    "selective_oracle": (
+        "Table 2 · Selective distillation (oracle)",
+        "Keep only decision points with align &gt; t. <b>Mean signal</b> = mean of SR range × "
+        "align over kept points (95% clustered CI); <b>% beats full</b>: share of (path, "
+        "teacher) series whose selective signal exceeds their full-GKD signal.",
+        [C("strategy", "Strategy", "s"), C("mean_signal", "Mean signal", "+4"),
+         C("ci_low|ci_high", "95% CI", "+4"), C("pct_tokens", "% tokens", "pct"),
+         C("pct_paths_beat_full", "% beats full", "pct"), C("n_nodes", "Nodes", "d")],
+    ),
+    "methods_vs_drgrpo": (
+        "Methods against the RL baseline (Dr. GRPO)",
+        "Paired at the same nodes: align(method) − align(drgrpo), 95% question-clustered CI. "
+        "Dr. GRPO uses only the rollouts through each node, so it shows how far finite-sample "
+        "RL is from the ideal direction.",
+        [C("teacher", "Teacher", "s"), C("method", "Method", "s"), C("n_pairs", "Pairs", "d"),
+         C("mean_method", "Method", "+3"), C("mean_drgrpo", "Dr. GRPO", "+3"),
+         C("mean_diff", "Diff.", "+3"), C("ci_low|ci_high", "95% CI", "+3"),
+         C("frac_method_better", "Frac. method better", "3")],
+    ),
+    "best_teacher_oracle": (
+        "Per-token best-teacher oracle",
+        "At each decision point, the teacher with the highest alignment (ties share credit). "
+        "<i>oracle</i>: mean of the per-node maximum.",
+        [C("teacher", "Teacher", "s"), C("share_best", "Share best", "3"),
+         C("mean_align", "Mean align", "+3"), C("n_nodes", "Nodes", "d")],
+    ),
+    "estimator_sanity": (
+        "Estimator sanity (exact success probabilities known)",
+        "align (from estimated P&#770;) against align_exact (from exact P_succ), per method.",
+        [C("method", "Method", "s"), C("n", "Nodes", "d"), C("rmse", "RMSE", "3"),
+         C("mae", "MAE", "3"), C("bias", "Bias", "+3"), C("pearson_r", "Pearson r", "3"),
+         C("sign_agree", "Sign agreement", "3")],
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    from distillscope.store import atomic_write_bytes
+
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (floats to 4 decimals, NaN empty, '|' escaped)."""
+
+    def cell(x: Any) -> str:
+        if isinstance(x, float):
+            return "" if not math.isfinite(x) else f"{x:.4f}"
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _first(*values: Any) -> Any:
+    for v in values:
+        if v not in (None, "", {}, []):
+            return v
+    return None
+
+
+def _unique(nodes: pd.DataFrame, col: str) -> str | None:
+    if col not in nodes or nodes.empty:
+        return None
+    vals = sorted(str(v) for v in set(nodes[col].dropna()))
+    return ", ".join(vals) if vals else None
+
+
+def provenance_items(run: Run) -> list[tuple[str, Any]]:
+    p, c = run.provenance, run.config
+    versions = p.get("versions") or p.get("packages") or {}
+    ver = ", ".join(f"{k} {v}" for k, v in versions.items() if v not in (None, "absent")) \
+        if isinstance(versions, dict) else str(versions)
+    commit = _first(p.get("git_commit"), (p.get("git") or {}).get("commit")
+                    if isinstance(p.get("git"), dict) else p.get("git"), p.get("commit"))
+    student = _first(p.get("student"), (c.get("student") or {}).get("model"))
+    items = [
+        ("config", _first(c.get("name"), p.get("config_name"), p.get("name"), run.run_dir.name)),
+        ("git commit", str(commit)[:12] if commit else "unknown"),
+        ("student", student or "unknown"),
+        ("teachers", ", ".join(run.teachers) or "none"),
+        ("estimator", _first((c.get("tree") or {}).get("estimator"), p.get("estimator"),
+                             _unique(run.nodes, "estimator")) or "unknown"),
+        ("restrict", _first((c.get("scoring") or {}).get("restrict"), p.get("restrict"),
+                            _unique(run.nodes, "restrict")) or "unknown"),
+        ("N_sig", run.n_sig),
+        ("device", _first(p.get("device"), p.get("hardware")) or "unknown"),
+        ("python", _first(p.get("python")) or "unknown"),
+        ("versions", ver or "unknown"),
+    ]
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+def write_report(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    *,
+    method: str = "gkd",
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    max_depth_paths: int = 8,
+) -> Path:
+    """Compute the analysis of `run_dir` and write the report into `out_dir` (default
+    RUN_DIR/report/): summary.json, tables/<name>.csv and .md, figures/*.png and report.html.
+    Returns the path of report.html. `seed` fixes the bootstrap and permutation draws."""
+    run = load_run(run_dir, REPORT_TABLES)
+    out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
+    nodes = run.nodes
+    results = analysis.analyze(nodes, method, seed=seed, n_boot=n_boot, n_perm=n_perm)
+    summary = analysis.summarize(nodes, results, method)
+    summary["report/seed"] = seed
+    summary["report/method"] = method
+
+    # tables
+    for name, df in results.items():
+        _atomic_write(out / "tables" / f"{name}.csv", df.to_csv(index=False))
+        _atomic_write(out / "tables" / f"{name}.md", to_markdown(df))
+    _atomic_write(out / "summary.json", json.dumps(summary, indent=2, sort_keys=True,
+                                                   allow_nan=False))
+
+    # figures
+    ranking = results["teacher_ranking"]
+    teachers = run.teachers
+    top = ranking["teacher"].iloc[0] if len(ranking) else (teachers[0] if teachers else "")
+    methods = [m for m in run.methods if m != "drgrpo"] + (
+        ["drgrpo"] if "drgrpo" in run.methods else [])
+    figs = {
+        "teacher_ranking": (plots.ranking_plot(ranking, method),
+                            "<b>Figure 1.</b> Teacher ranking (cf. paper figure 4): mean "
+                            "alignment with 95% question-clustered bootstrap CIs."),
+        "correct_vs_incorrect": (plots.correct_incorrect_plot(
+            nodes, results["correct_vs_incorrect"], method),
+            "<b>Figure 2.</b> Correct vs incorrect paths (cf. figure 3). Left: distribution of "
+            "per-node alignment; dashed: means. Right: Δ with clustered CI and permutation p."),
+        "alignment_histogram": (plots.alignment_histogram(nodes, methods),
+                                "<b>Figure 3.</b> Distribution of per-node alignment, all "
+                                "teachers (cf. appendix E.1)."),
+        "path_depth": (plots.path_depth_plot(nodes, top, method, max_depth_paths),
+                       f"<b>Figure 4.</b> Alignment along depth for the first "
+                       f"{max_depth_paths} paths, teacher {H.esc(top)} (cf. appendix E.2)."),
+    }
+    for name, (png, _) in figs.items():
+        _atomic_write(out / "figures" / f"{name}.png", png)
+
+    # html
+    findings = headline_findings(results, summary, method)
+    body: list[tuple[str, str]] = []
+    fig_html = "".join(H.figure_html(png, cap, name.replace("_", " "))
+                       for name, (png, cap) in figs.items())
+    body.append(("Figures", fig_html))
+    tables_html = []
+    for name, (heading, caption, cols) in TABLES.items():
+        df = results[name]
+        if "metric" in df:
+            df = df.assign(metric_label=df["metric"].map(METRIC_LABELS).fillna(df["metric"]))
+        if name == "correct_vs_incorrect_by_teacher" and len(df):
+            df = df[df["metric"] == "mean_cosine"]
+        if name == "estimator_sanity" and df.empty:
+            continue
+        tables_html.append(f"<h3>{H.esc(heading)}</h3>" + H.table_html(df, cols, caption))
+    tables_html.append(_spearman_html(results["within_path_spearman"]))
+    body.append(("Tables", "".join(tables_html)))
+
+    views = path_views(run)
+    combo = (top, method)
+    q = run.tables["questions"]
+    prompts = dict(zip(q["qid"].astype(str), q["prompt"].astype(str), strict=True)) \
+        if len(q) else {}
+    payload = {"teachers": teachers, "methods": methods,
+               "paths": [H.path_payload(v, teachers, methods) for v in views]}
+    paths_block = H.paths_section(views, prompts, teachers or [""], methods or [method], combo) \
+        if views else "<p>No representative path in this run.</p>"
+    meta = provenance_items(run)
+    n_nodes = summary.get(f"align/{method}/n_nodes") or 0
+    page = H.render_page(
+        title=f"distillscope report · {meta[0][1]}",
+        subtitle=(f"Gradient alignment of on-policy distillation, method {method}: "
+                  f"{summary.get('run/n_questions', 0)} questions, "
+                  f"{summary.get('run/n_paths', 0)} scored paths, {n_nodes} decision points, "
+                  f"{len(teachers)} teacher(s). Bootstrap {n_boot} draws, permutation up to "
+                  f"{n_perm}, seed {seed}."),
+        meta=meta,
+        provenance_text=json.dumps(run.provenance, indent=2, sort_keys=True, default=str),
+        config_text=_config_text(run),
+        findings=findings,
+        body_sections=body,
+        paths_block=paths_block,
+        payload=payload,
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    html_path = out / "report.html"
+    _atomic_write(html_path, page)
+    return html_path
+
+
+def _config_text(run: Run) -> str:
+    p = run.run_dir / "config.yaml"
+    return p.read_text(encoding="utf-8") if p.is_file() else "(no config.yaml)"
+
+
+def _spearman_html(sp: pd.DataFrame) -> str:
+    """Table 5 as feature x teacher (mean within-path rho), with path counts below."""
+    head = "<h3>Table 5 · Within-path Spearman correlations with alignment</h3>"
+    if sp.empty:
+        return head + "<p>No path with enough decision points.</p>"
+    wide = sp.pivot(index="feature", columns="teacher", values="rho_mean")
+    order = [f for f in analysis.SPEARMAN_FEATURES if f in wide.index]
+    wide = wide.loc[order]
+    teachers = ["all"] + [t for t in wide.columns if t != "all"]
+    wide = wide[teachers].reset_index()
+    wide["feature"] = wide["feature"].map(FEATURE_LABELS).fillna(wide["feature"])
+    cols = [H.Col("feature", "Feature", "s")] + [H.Col(t, t, "+3") for t in teachers]
+    allrows = sp[sp["teacher"] == "all"]
+    used = int(allrows["n_paths"].max()) if len(allrows) else 0
+    few = int(allrows["n_skipped_few"].max()) if len(allrows) else 0
+    const = int(allrows["n_skipped_constant"].max()) if len(allrows) else 0
+    caption = (f"Spearman ρ between align and each feature within a path (one series per path "
+               f"and teacher), averaged over paths: up to {used} paths used; {few} skipped for "
+               f"too few nodes and up to {const} for a constant column. Column <i>all</i> pools "
+               "every teacher.")
+    return head + H.table_html(wide, cols, caption)

@@ -1,0 +1,115 @@
+"""Config validation messages, presets, and the depth-window / candidate budget logic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from distillscope.budget import depth_windows, merge_candidates, select_children
+from distillscope.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_are_the_papers():
+    cfg = parse_config({})
+    assert (cfg.tree.G, cfg.tree.tau, cfg.tree.n_min, cfg.tree.n_sig) == (200, 0.02, 100, 20)
+    assert cfg.tree.estimator == "unbiased" and cfg.scoring.restrict == "renorm"
+    assert (cfg.screen.G, cfg.context.demo_temperature, cfg.context.max_trials) == (32, 0.7, 60)
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"tree\.bogus': unknown key"):
+        parse_config({"tree": {"bogus": 1}})
+
+
+def test_bad_value_names_field_and_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"tree": {"estimator": "naive"}})
+    msg = str(err.value)
+    assert "tree.estimator" in msg and "'unbiased'" in msg and "'paper'" in msg
+
+
+def test_unknown_teacher_mode_is_named():
+    with pytest.raises(ConfigError, match=r"teachers\.0\.mode"):
+        parse_config({"teachers": [{"name": "x", "mode": "self-9c"}]})
+
+
+def test_external_teacher_needs_a_model():
+    with pytest.raises(ConfigError, match="needs a 'model'"):
+        parse_config({"teachers": [{"name": "x", "mode": "external"}]})
+
+
+def test_duplicate_teacher_names_refused():
+    with pytest.raises(ConfigError, match="unique"):
+        parse_config({"teachers": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tree: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+def test_overrides_and_fingerprint_ignores_teachers(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"tree": {"G": 5}}))
+    cfg = load_config(p, {"tree.G": 7, "seed": 3})
+    assert cfg.tree.G == 7 and cfg.seed == 3
+    with_t = parse_config({"tree": {"G": 7}, "seed": 3, "teachers": [{"name": "t"}]})
+    assert with_t.fingerprint() == cfg.fingerprint()
+    assert parse_config({"seed": 4}).fingerprint() != parse_config({"seed": 3}).fingerprint()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_preset_validates(path):
+    load_config(path)
+
+
+def test_quickstart_yaml_matches_builtin_preset():
+    from distillscope.presets import quickstart_config
+
+    assert load_config(ROOT / "configs" / "quickstart.yaml") == quickstart_config()
+
+
+# ---------------------------------------------------------------------------------------------
+def test_depth_windows_are_exponential():
+    assert depth_windows(400, 50) == [(0, 50), (50, 150), (150, 350), (350, 400)]
+    assert depth_windows(0, 50) == []
+    assert depth_windows(10, 50) == [(0, 10)]
+
+
+def test_select_children_per_window_top_k_and_top_r():
+    depth = np.array([0, 0, 0, 60, 60, 60])
+    token = np.array([1, 2, 3, 1, 2, 3])
+    p_s = np.array([0.5, 0.3, 0.2, 0.6, 0.3, 0.1])
+    p_t = np.array([0.1, 0.3, 0.6, 0.6, 0.3, 0.1])  # window 2: teacher == student
+    kl = np.zeros(100)
+    cands = merge_candidates([depth], [token], [p_s], [p_t], [kl])
+    chosen = select_children(cands, 100, base=50, top_k=1, top_r=1)
+    # window [0, 50): largest |gkd| and largest |dP| among tokens 1..3
+    ell = np.log(p_s[:3]) - np.log(p_t[:3])
+    g = np.abs(p_s[:3] * (ell - kl[0]))
+    assert (0, int(token[np.argmax(g)])) in chosen
+    assert (0, int(token[np.argmax(np.abs(p_t[:3] - p_s[:3]))])) in chosen
+    # window [50, 150): all scores tie at zero -> deterministic lowest token
+    assert [c for c in chosen if c[0] == 60] == [(60, 1)]
+
+
+def test_merge_takes_max_over_teachers():
+    d, k = np.array([0, 0]), np.array([1, 2])
+    ps = np.array([0.5, 0.5])
+    c = merge_candidates([d, d], [k, k], [ps, ps], [np.array([0.5, 0.5]), np.array([0.9, 0.1])],
+                         [np.zeros(1), np.zeros(1)])
+    assert np.allclose(c.dprob_C, [0.4, 0.4])
+    assert c.gkd_C[0] > 0
