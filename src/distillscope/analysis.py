@@ -244,10 +244,13 @@ def permutation_test(
     s, n, lab = s[sel], n[sel], lab[sel]
     offsets = np.cumsum([0] + [len(g[0]) for g in groups])
 
+    s_tot, n_tot = s.sum(), n.sum()
+
     def stat(a_M_P: np.ndarray) -> np.ndarray:
         a = a_M_P.astype(float)
+        sa, na = a @ s, a @ n
         with np.errstate(invalid="ignore", divide="ignore"):
-            return (a @ s) / (a @ n) - ((1 - a) @ s) / ((1 - a) @ n)
+            return sa / na - (s_tot - sa) / (n_tot - na)
 
     t_obs = float(stat(lab[None, :])[0])
     total = math.prod(math.comb(len(g[0]), g[1]) for g in groups)
@@ -269,12 +272,19 @@ def permutation_test(
         return {"stat": t_obs, "p": p, "p_min": p_min, "n_questions": len(groups),
                 "n_assignments": total, "exact": True}
     rng = np.random.default_rng(seed)
-    a_M_P = np.empty((n_perm, len(lab)), bool)
-    for off_a, off_b in zip(offsets[:-1], offsets[1:], strict=True):
-        a_M_P[:, off_a:off_b] = rng.permuted(np.tile(lab[off_a:off_b], (n_perm, 1)), axis=1)
-    t_M = stat(a_M_P)
     tol = 1e-12 * max(1.0, abs(t_obs))
-    count = int(np.sum(np.abs(t_M) >= abs(t_obs) - tol))
+    count, done = 0, 0
+    # Within-question shuffles for all questions at once: sort (segment + uniform) per row,
+    # then the first k_q sorted slots of question q get the k_q "correct" labels.
+    seg_P = np.repeat(np.arange(len(groups)), np.diff(offsets))
+    template_P = np.concatenate([np.arange(len(g[0])) < g[1] for g in groups])
+    while done < n_perm:  # blocks bound the memory of the (permutations x paths) matrix
+        m = min(1000, n_perm - done)
+        order = np.argsort(seg_P + rng.random((m, len(lab))), axis=1, kind="stable")
+        a_M_P = np.empty((m, len(lab)), bool)
+        np.put_along_axis(a_M_P, order, np.broadcast_to(template_P, (m, len(lab))), axis=1)
+        count += int(np.sum(np.abs(stat(a_M_P)) >= abs(t_obs) - tol))
+        done += m
     return {"stat": t_obs, "p": (1 + count) / (1 + n_perm), "p_min": 1 / (1 + n_perm),
             "n_questions": len(groups), "n_assignments": total, "exact": False}
 
@@ -298,6 +308,8 @@ def correct_vs_incorrect(
     of path); `p_welch`: the paper's node-level Welch test, which ignores clustering."""
     df, n_nan = decision_points(nodes, method)
     if teacher is not None:
+        n_nan = int(nodes.loc[(nodes["method"] == method) & (nodes["teacher"] == teacher),
+                              "align"].isna().sum())
         df = df[df["teacher"] == teacher]
     rows = []
     for metric in CI_METRICS:
@@ -339,8 +351,9 @@ def correct_vs_incorrect(
 
 def correct_vs_incorrect_by_teacher(nodes: pd.DataFrame, method: str = "gkd", **kw) -> pd.DataFrame:
     """Table 6: `correct_vs_incorrect` for each teacher separately (all three metrics)."""
-    teachers = sorted(set(nodes.loc[nodes["method"] == method, "teacher"]))
-    frames = [correct_vs_incorrect(nodes, method, teacher=t, **kw) for t in teachers]
+    mine = nodes[nodes["method"] == method]
+    frames = [correct_vs_incorrect(g, method, teacher=t, **kw)
+              for t, g in mine.groupby("teacher", sort=True)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -363,9 +376,21 @@ def teacher_metrics(nodes: pd.DataFrame, method: str = "gkd") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rx, ry = stats.rankdata(x), stats.rankdata(y)
-    return float(np.corrcoef(rx, ry)[0, 1])
+def _grouped_spearman(d: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.DataFrame:
+    """Per group: n, whether x or y is constant, and Spearman rho (Pearson of average ranks),
+    computed with grouped sums rather than a Python loop over groups."""
+    g = d.groupby(keys, sort=True)
+    rx, ry = g[x].rank(), g[y].rank()
+    t = pd.DataFrame({**{k: d[k] for k in keys}, "rx": rx, "ry": ry, "rxx": rx * rx,
+                      "ryy": ry * ry, "rxy": rx * ry})
+    sums = t.groupby(keys, sort=True).agg(["sum"]).droplevel(1, axis=1)
+    n = g.size()
+    const = (g[x].max() == g[x].min()) | (g[y].max() == g[y].min())
+    cov = n * sums["rxy"] - sums["rx"] * sums["ry"]
+    var = (n * sums["rxx"] - sums["rx"] ** 2) * (n * sums["ryy"] - sums["ry"] ** 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = cov / np.sqrt(var)
+    return pd.DataFrame({"n": n, "constant": const, "rho": rho.clip(-1, 1)}).reset_index()
 
 
 def within_path_spearman(
@@ -382,22 +407,19 @@ def within_path_spearman(
     either column is constant on it (`n_skipped_constant`). Rows for teacher "all" pool every
     teacher's paths; with `by_teacher`, one block per teacher follows."""
     df, _ = decision_points(nodes, method)
-    per_path = []
-    for (qid, pid, t), d in df.groupby(["qid", "path_id", "teacher"], sort=True):
-        for f in features:
-            if f not in d:
-                continue
-            ok = d["align"].notna() & d[f].notna() & np.isfinite(d[f])
-            x, y = d.loc[ok, "align"].to_numpy(float), d.loc[ok, f].to_numpy(float)
-            if len(x) < min_nodes:
-                rho, why = math.nan, "few"
-            elif np.ptp(x) == 0 or np.ptp(y) == 0:
-                rho, why = math.nan, "constant"
-            else:
-                rho, why = _spearman(x, y), ""
-            per_path.append({"qid": qid, "path_id": pid, "teacher": t, "feature": f, "rho": rho,
-                             "why": why})
-    pp = pd.DataFrame(per_path, columns=["qid", "path_id", "teacher", "feature", "rho", "why"])
+    keys = ["qid", "path_id", "teacher"]
+    parts = []
+    for f in features:
+        if f not in df:
+            continue
+        d = df.loc[np.isfinite(df[f].astype(float)), keys + ["align", f]]
+        r = _grouped_spearman(d, keys, "align", f) if len(d) else pd.DataFrame(
+            columns=keys + ["n", "constant", "rho"])
+        r["why"] = np.where(r["n"] < min_nodes, "few", np.where(r["constant"], "constant", ""))
+        r.loc[r["why"] != "", "rho"] = np.nan
+        parts.append(r.assign(feature=f))
+    cols = keys + ["feature", "rho", "why"]
+    pp = pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
     blocks = [("all", pp)]
     if by_teacher:
         blocks += [(t, g) for t, g in pp.groupby("teacher", sort=True)]
@@ -405,7 +427,7 @@ def within_path_spearman(
     for label, g in blocks:
         for f in features:
             h = g[g["feature"] == f]
-            rho = h["rho"].dropna()
+            rho = h["rho"].dropna().astype(float)
             rows.append({"teacher": label, "feature": f,
                          "rho_mean": float(rho.mean()) if len(rho) else math.nan,
                          "rho_sem": float(rho.std(ddof=1) / math.sqrt(len(rho)))

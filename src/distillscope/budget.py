@@ -101,3 +101,34 @@ def select_children(
             for i in idx[order[:n]]:
                 chosen.add((int(cands.depth_C[i]), int(cands.token_C[i])))
     return sorted(chosen)
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocation of targeted rollouts
+class FixedAllocator:
+    """The paper's allocation: each chosen child, shallow first, enriched once to n_min counted
+    visits (need = n_min - visits at the moment its unit is formed, so cascades from earlier
+    units are not paid twice)."""
+
+    def __init__(self, n_min: int):
+        self.n_min = n_min
+        self.pos = 0
+
+    def next_batch(self, plan, max_groups: int) -> list[tuple[int, int, int, int]]:
+        out = []
+        while self.pos < len(plan.chosen) and len(out) < max_groups:
+            d, pid, tok = plan.chosen[self.pos]
+            self.pos += 1
+            need = self.n_min - int(plan.trees[pid].visits(d, tok))
+            if need > 0:
+                out.append((pid, d, tok, need))
+        return out
+
+
+def make_allocator(config, plan):
+    """`tree.budget`: fixed (the paper) or adaptive (distillscope.adaptive)."""
+    if config.tree.budget == "adaptive":
+        from distillscope.adaptive import AdaptiveAllocator
+
+        return AdaptiveAllocator(config, plan)
+    return FixedAllocator(config.tree.n_min)

@@ -50,6 +50,7 @@ _TINY = float(np.finfo(np.float64).tiny)
 _EPS = float(np.finfo(np.float64).eps)
 _SNAP_ULPS = 8.0
 """Differences smaller than this many ulps of their operands count as rounding residue (0)."""
+_PAIRWISE_MAX = 2048
 
 __all__ = [
     "Restrict",
@@ -122,7 +123,13 @@ def _snap(d: np.ndarray, scale: np.ndarray | float) -> np.ndarray:
 
 
 def _deviation(P_K: np.ndarray, f_K: np.ndarray, scale_K: np.ndarray) -> np.ndarray:
-    """f_j - sum_k P_k f_k for normalised P, as sum_k P_k (f_j - f_k) (no cancellation)."""
+    """f_j - sum_k P_k f_k for normalised P, as sum_k P_k (f_j - f_k) (no cancellation).
+
+    O(K^2): S_u is a handful of children. Past _PAIRWISE_MAX (a whole vocabulary passed as
+    S_u) it falls back to the direct difference, which loses precision for tiny gradients."""
+    if f_K.size > _PAIRWISE_MAX:
+        mean = float(P_K @ f_K)
+        return _snap(f_K - mean, scale_K + float(P_K @ scale_K))
     d_KK = _snap(f_K[:, None] - f_K[None, :], scale_K[:, None] + scale_K[None, :])
     return d_KK @ P_K
 

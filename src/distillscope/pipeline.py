@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from distillscope import gradients as G
-from distillscope.budget import merge_candidates, select_children
+from distillscope.budget import make_allocator, merge_candidates, select_children
 from distillscope.config import ModelSpec, RunConfig, TeacherSpec
 from distillscope.models.base import LanguageModel, ModelError, check_same_tokenizer
 from distillscope.models.registry import load_model
@@ -130,10 +130,11 @@ def load_runtime(config: RunConfig, store: RunStore, reporter: Reporter | None =
 def phase0(rt: Runtime) -> None:
     """Build every teacher's context for every question; self-* modes need demonstrations,
     generated once and stored in the run (RUN_DIR/demos.parquet)."""
-    from distillscope import contexts
-
     needs_demos = [t for t in rt.teachers if t.spec.mode != "external"]
-    bank = contexts.DemoBank(rt.store.dir / "demos.parquet") if needs_demos else None
+    if needs_demos:
+        from distillscope import contexts
+
+        bank = contexts.DemoBank(rt.store.dir / "demos.parquet")
     with rt.timer("phase0"), rt.reporter.bar("phase 0: teacher contexts",
                                              len(rt.questions) * max(1, len(rt.teachers)),
                                              unit="contexts") as bar:
@@ -264,23 +265,28 @@ def _build_trees(rt: Runtime, paths: pd.DataFrame, ro: pd.DataFrame) -> dict[int
     return trees
 
 
-def _candidates(rt: Runtime, q: Question, path_ids: np.ndarray) -> list[tuple[int, int]]:
+def _candidates(rt: Runtime, q: Question, path_ids: np.ndarray):
+    """Score the path under the student and every teacher; choose the children to enrich.
+    Returns (chosen (depth, token) pairs, {teacher name or "student": PathScores})."""
     cfg = rt.config.tree
     sc = rt.config.scoring
     depth, token, ps, pt, kl = [], [], [], [], []
+    scores = {}
     teachers = [t for t in rt.teachers if q.qid in t.contexts] or [None]
     for t in teachers:
         s = score_path(rt.student, rt.student_ctx[q.qid], t.model if t else None,
                        t.contexts[q.qid] if t else None, path_ids, tau=cfg.tau,
                        topk=sc.topk_overlap, chunk_size=sc.chunk_size)
+        scores[t.spec.name if t else "student"] = s
         depth.append(s.cand_pos_C)
         token.append(s.cand_tok_C)
         ps.append(s.p_student_C)
         pt.append(s.p_teacher_C)
         kl.append(s.features["kl"])
     cands = merge_candidates(depth, token, ps, pt, kl)
-    return select_children(cands, len(path_ids), base=cfg.window_base, top_k=cfg.top_k,
-                           top_r=cfg.top_r)
+    chosen = select_children(cands, len(path_ids), base=cfg.window_base, top_k=cfg.top_k,
+                             top_r=cfg.top_r)
+    return chosen, scores
 
 
 @dataclass
@@ -292,6 +298,7 @@ class Plan:
     paths: pd.DataFrame
     trees: dict[int, PathTree] = field(default_factory=dict)
     chosen: list[tuple[int, int, int]] = field(default_factory=list)  # (depth, path, token)
+    scores: dict[int, dict[str, Any]] = field(default_factory=dict)  # path -> model -> PathScores
     next_id: int = 0
 
     def need(self, n_min: int) -> int:
@@ -336,8 +343,8 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
     ro = rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
     plan = Plan(q, qrow, paths, _build_trees(rt, paths, ro), next_id=len(ro))
     for p in paths.itertuples():
-        for d, tok in _candidates(rt, q, np.asarray(p.response_ids)):
-            plan.chosen.append((d, p.path_id, tok))
+        chosen, plan.scores[p.path_id] = _candidates(rt, q, np.asarray(p.response_ids))
+        plan.chosen += [(d, p.path_id, tok) for d, tok in chosen]
     plan.chosen.sort()  # shallow first: deeper children gain from the cascade of earlier ones
     return plan
 
@@ -356,32 +363,28 @@ def finish_question(rt: Runtime, plan: Plan, bar) -> None:
 
 
 def _targeted(rt: Runtime, plan: Plan, bar) -> None:
-    """Enrich each chosen child to n_min counted visits, in deterministic units: the need of
-    each child is computed from the tree as committed so far, so a resumed run rebuilds the
-    same units."""
+    """Targeted rollouts in deterministic units. The allocator (budget.make_allocator) decides
+    each unit's groups from the tree as committed so far, so a resumed run that replays the
+    committed units rebuilds exactly the same later units."""
     cfg = rt.config.tree
     q, key, trees = plan.q, _qkey(rt, plan.q), plan.trees
     ctx = list(rt.student_ctx[q.qid])
     path_ids = {p.path_id: [int(t) for t in p.response_ids] for p in plan.paths.itertuples()}
-    pos, u = 0, 0
-    while pos < len(plan.chosen):
+    allocator = make_allocator(rt.config, plan)
+    u = 0
+    while True:
+        alloc = allocator.next_batch(plan, rt.config.sampling.batch_groups)
+        if not alloc:
+            break
         unit = f"{key}/b-tgt{u:05d}"
-        n_children, reqs = 0, []
-        while pos < len(plan.chosen) and n_children < rt.config.sampling.batch_groups:
-            d, pid, tok = plan.chosen[pos]
-            pos += 1
-            need = cfg.n_min - trees[pid].visits(d, tok)
-            if need <= 0:
-                continue
-            n_children += 1
+        reqs = []
+        for pid, d, tok, need in alloc:
             for g, start in enumerate(range(0, need, cfg.group_size)):
                 n = min(cfg.group_size, need - start)
-                seed = stable_seed(rt.config.seed, q.qid, "tgt", pid, d, tok, g)
+                seed = stable_seed(rt.config.seed, q.qid, "tgt", u, pid, d, tok, g)
                 prefix = tuple(ctx + path_ids[pid][:d] + [tok])
                 reqs.append((SampleRequest(prefix, n, seed),
                              {"origin": "targeted", "path_id": pid, "depth": d}))
-        if not reqs:
-            break
         if rt.store.is_done(unit):
             rows = rt.store.read("rollouts", unit_prefix=unit)
         else:

@@ -15,7 +15,9 @@ tensor, exactly what this module exists to avoid.
 
 Precision: each chunk is upcast to `dtype` (float64 by default) and re-normalised with a
 log-softmax before anything is computed, so features agree with `distillscope.gradients`' numpy
-reference versions to float64 rounding. Pass `dtype=torch.float32` to halve device memory.
+reference versions to float64 rounding. Peak device memory is about 8 (chunk x V) tensors of
+`dtype`: measured 4.6 GiB at chunk 512, V = 151936, float64 on an H100 (0.08 s for 2048
+positions); `dtype=torch.float32` or a smaller `chunk_size` lowers it.
 
 Features, per position, with p = student and q = teacher (nats):
 kl = KL(p||q), js = Jensen-Shannon divergence, l2 = ||p - q||_2, prob_cos = cosine of p and q,

@@ -123,14 +123,20 @@ def test_permutation_monte_carlo_consistent_effect_reaches_min_p():
     assert r["p"] == pytest.approx(1 / 1000)
 
 
-def test_permutation_monte_carlo_null_is_reproducible():
+def test_permutation_monte_carlo_matches_a_plain_loop_and_is_reproducible():
     rng = np.random.default_rng(0)
     s = rng.normal(size=48)
     lab = np.tile([True, True, False, False], 12)
     qs = np.repeat([f"q{i}" for i in range(12)], 4)
-    a = A.permutation_test(s, np.ones(48), lab, qs, n_perm=500, seed=4)
-    b = A.permutation_test(s, np.ones(48), lab, qs, n_perm=500, seed=4)
-    assert a == b and 0.05 < a["p"] <= 1.0
+    a = A.permutation_test(s, np.ones(48), lab, qs, n_perm=4000, seed=4)
+    assert a == A.permutation_test(s, np.ones(48), lab, qs, n_perm=4000, seed=4)
+    # the same test written as the obvious loop: shuffle each question's labels
+    loop_rng, t0, hits = np.random.default_rng(1), s[lab].mean() - s[~lab].mean(), 0
+    for _ in range(4000):
+        perm = np.concatenate([loop_rng.permutation(lab[i:i + 4]) for i in range(0, 48, 4)])
+        hits += abs(s[perm].mean() - s[~perm].mean()) >= abs(t0) - 1e-12
+    assert a["stat"] == pytest.approx(t0)
+    assert a["p"] == pytest.approx((hits + 1) / 4001, abs=0.02)
 
 
 def test_permutation_ignores_single_label_questions():

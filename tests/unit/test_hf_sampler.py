@@ -25,6 +25,16 @@ CHARS = [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
 EOS = len(CHARS)  # "<eos>"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: one intra-op thread is fastest, and immune to a busy machine (spinning
+    OpenMP threads on an oversubscribed CPU made these tests 50x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tok():
     """One printable ASCII character per token, so text offsets are token offsets."""

@@ -62,6 +62,10 @@ def probs(model: FakeModel) -> np.ndarray:
     return softmax(torch.log_softmax(model.logits, -1).numpy().astype(np.float64), axis=-1)
 
 
+def pairs(scores: PathScores) -> list[tuple[int, int]]:
+    return list(zip(scores.cand_pos_C.tolist(), scores.cand_tok_C.tolist(), strict=True))
+
+
 @pytest.fixture
 def world():
     rng = np.random.default_rng(0)
@@ -79,10 +83,10 @@ def run(world, **kw) -> PathScores:
 def test_features_equal_the_numpy_reference(world):
     student, teacher, _ = world
     scores = run(world, chunk_size=8)
-    P, Q = probs(student), probs(teacher)
+    p_TV, q_TV = probs(student), probs(teacher)
     assert tuple(scores.features) == FEATURES
     for name, ref in REFERENCE.items():
-        expected = np.array([ref(P[t], Q[t]) for t in range(T)])
+        expected = np.array([ref(p_TV[t], q_TV[t]) for t in range(T)])
         assert scores.features[name].shape == (T,)
         np.testing.assert_allclose(scores.features[name], expected, rtol=1e-6, atol=1e-9)
     # Each model saw its own context.
@@ -103,19 +107,19 @@ def test_taken_token_logprobs(world):
 
 def test_candidates_are_the_threshold_tokens_the_path_and_the_extras(world):
     student, teacher, response = world
-    P, Q = probs(student), probs(teacher)
+    p_TV, q_TV = probs(student), probs(teacher)
     tau = 0.05
-    low = np.argwhere((P < tau) & (Q < tau))[:3]  # pairs only `extra` can bring in
+    low = np.argwhere((p_TV < tau) & (q_TV < tau))[:3]  # pairs only `extra` can bring in
     extra = [(int(a), int(b)) for a, b in low] + [(0, int(response[0]))]  # and a duplicate
     scores = run(world, tau=tau, extra=extra, chunk_size=8)
 
-    want = {tuple(x) for x in np.argwhere((P > tau) | (Q > tau))}
+    want = {tuple(x) for x in np.argwhere((p_TV > tau) | (q_TV > tau))}
     want |= {(t, int(response[t])) for t in range(T)}
     want |= set(extra)
-    got = list(zip(scores.cand_pos_C.tolist(), scores.cand_tok_C.tolist()))
+    got = pairs(scores)
     assert got == sorted(want)  # unique, sorted by (position, token)
-    np.testing.assert_allclose(scores.p_student_C, P[scores.cand_pos_C, scores.cand_tok_C])
-    np.testing.assert_allclose(scores.p_teacher_C, Q[scores.cand_pos_C, scores.cand_tok_C])
+    np.testing.assert_allclose(scores.p_student_C, p_TV[scores.cand_pos_C, scores.cand_tok_C])
+    np.testing.assert_allclose(scores.p_teacher_C, q_TV[scores.cand_pos_C, scores.cand_tok_C])
     for pair in low:
         assert tuple(pair) in got
 
@@ -140,13 +144,13 @@ def test_student_only_scoring(world):
     student, _, response = world
     tau = 0.05
     scores = score_student_path(student, [1, 2], response, tau=tau, chunk_size=8)
-    P = probs(student)
+    p_TV = probs(student)
     assert all(np.all(np.isnan(scores.features[name])) for name in FEATURES)
     assert np.all(np.isnan(scores.logp_teacher_taken_T)) and scores.n_positions == T
     assert np.all(np.isnan(scores.p_teacher_C))
-    want = {tuple(x) for x in np.argwhere(P > tau)} | {(t, int(response[t])) for t in range(T)}
-    assert set(zip(scores.cand_pos_C.tolist(), scores.cand_tok_C.tolist())) == want
-    np.testing.assert_allclose(scores.p_student_C, P[scores.cand_pos_C, scores.cand_tok_C])
+    want = {tuple(x) for x in np.argwhere(p_TV > tau)} | {(t, int(response[t])) for t in range(T)}
+    assert set(pairs(scores)) == want
+    np.testing.assert_allclose(scores.p_student_C, p_TV[scores.cand_pos_C, scores.cand_tok_C])
 
 
 def test_identical_models_give_zero_divergence(world):

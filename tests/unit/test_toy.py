@@ -201,7 +201,6 @@ def test_teacher_tilts_move_the_pass_rate(student):
         base = student.exact_success(ctx, [])
         assert helpful.exact_success(ctx, []) > base > harmful.exact_success(ctx, [])
         assert student.exact_success(ctx_of(student, index, demo=True), []) > base
-        assert ToyModel(tilt="irrelevant").exact_success(ctx, []) == pytest.approx(base)
 
 
 # ---------------------------------------------------------------------------------------------

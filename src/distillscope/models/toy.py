@@ -12,7 +12,7 @@ The world of question i (prompt "toy:<i>") is built from a generator seeded by (
   LOST. From a transient state a token group commits to WON or LOST with probability `commit`,
   else moves to a uniform transient state. Commitment gives the decision points real stakes.
 * The student's logits depend on the state only: N(0, 1) on content tokens, EOS around +0.3
-  (mean length ~10), higher in WON/LOST. At response position max_len - 1 only EOS is allowed,
+  (mean length ~6), higher in WON/LOST. At response position max_len - 1 only EOS is allowed,
   so every response ends with EOS within `max_len` tokens.
 * A response succeeds iff it contains EOS and the state at the first EOS is accepting. The
   accepting subset of transient states is chosen so that the start value lies near a target drawn
@@ -23,12 +23,14 @@ Exact values: V[t, s] (success probability from state s at response position t) 
 model asked, at temperature 1. `exact_success` / `exact_child_success` use them.
 
 Teachers are the same world with tilted logits (option `tilt`, strength `strength`):
-`helpful` adds strength * f(Q_student), `harmful` subtracts it, `irrelevant` moves probability
-within each synonym pair (log-ratio + N(0, strength), fresh per node, the pair's total mass kept,
-so its success probability equals the student's), `none` is the student. f is the log-odds of Q
-clipped to [0.05, 0.95] (`form: logodds`, default) or Q itself (`form: value`, which makes GKD
-exactly parallel to the ideal gradient). Option `noise` adds N(0, noise) to every response token's
-logit, per node, for any tilt (a less perfect teacher).
+`helpful` adds strength * f(Q_student), `harmful` subtracts it, `irrelevant` adds independent
+N(0, strength) noise to the synonym tokens' logits (fresh per node), `none` is the student.
+f is the log-odds of Q clipped to [0.05, 0.95] (`form: logodds`, default) or Q itself
+(`form: value`, which makes GKD exactly parallel to the ideal gradient). The irrelevant
+teacher's log-ratios to the student, over any set of children, are linear in its noise, so its
+alignment with the ideal is odd in the noise and averages to exactly 0 whatever S_u is; its own
+pass rate does move (pair masses change at random). Option `noise` adds N(0, noise) to every
+response token's logit, per node, for any tilt (a less perfect teacher).
 
 Tokenisation: besides the response tokens the vocabulary holds <bos> <sep> <toy> <demo> <unk> and
 the digits #0..#9. `encode_chat(messages)` reads only what matters from the messages: the world
@@ -42,7 +44,8 @@ the toy backend (here correct and wrong demonstrations help alike). Special toke
 
 Both `models/toy.py` and `tasks/toy.py` build worlds from the same options (seed, n_states,
 vocab, synonyms, commit, max_len); give the task and the model the same values (the defaults
-agree). Sampling should use max_new_tokens >= max_len, otherwise truncated responses fail.
+agree). Sample with max_new_tokens >= max_len: the task grades a truncated response as if it had
+stopped there, which the exact values do not model.
 """
 
 from __future__ import annotations
@@ -225,16 +228,11 @@ class ToyWorld:
             sign = 1.0 if tilt == "helpful" else -1.0
             table = table + sign * strength * f
         elif tilt == "irrelevant" and self.synonym_pairs:
-            # move mass within each synonym pair, keeping the pair's total: the policy's success
-            # probability is exactly the student's
+            # independent N(0, strength) on each synonym's logit: log-ratios over any child set
+            # are linear in the noise, so cos(ideal, gkd) is odd in it and has mean exactly 0
             rng = np.random.default_rng([*self.noise_seed, 0x1BB])
-            for x, y in self.synonym_pairs:
-                eps = rng.normal(0.0, strength, size=(H, self.n_total))
-                zx, zy = table[:, :, x], table[:, :, y]
-                total = np.logaddexp(zx, zy)
-                diff = zx - zy + eps
-                table[:, :, x] = total - np.logaddexp(0.0, -diff)
-                table[:, :, y] = total - np.logaddexp(0.0, diff)
+            syn = np.array([k for pair in self.synonym_pairs for k in pair])
+            table[:, :, syn] += rng.normal(0.0, strength, size=(H, self.n_total, len(syn)))
         if noise > 0:
             rng = np.random.default_rng([*self.noise_seed, 0x401])
             table = table + rng.normal(0.0, noise, size=(H, self.n_total, R))

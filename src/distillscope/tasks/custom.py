@@ -214,7 +214,7 @@ def _gold(verifier: str, answer: Any, meta: Mapping[str, Any], where: str) -> An
 
 def _prompt(verifier: str, meta: Mapping[str, Any]) -> str:
     n = len(meta.get("choices") or "ABCD")
-    parts = [_INSTRUCTIONS[verifier].format(letters="ABCDEFGHIJ"[:n])]
+    parts = [_INSTRUCTIONS[verifier].replace("{letters}", "ABCDEFGHIJ"[:n])]
     if "passage" in meta:
         parts.append(f"Passage: {meta['passage']}")
     parts.append(meta["question"])

@@ -106,8 +106,9 @@ def to_bool(value: Any) -> bool:
 
 
 def read_yesno(text: str) -> bool | None:
-    """The model's yes/no: the first word after the last `Answer:`; without a marker, the first
-    word of the last non-empty line, or a `\\boxed{yes}`. None when there is none."""
+    """The model's yes/no: the first word after the last `Answer:`; without a marker, a
+    `\\boxed{yes}`, or a last non-empty line that starts with the bare word (`Yes.`, `No, it
+    is not`; not `No idea`). None when there is none."""
     region = answer_region(text)
     if region is None:
         return None
@@ -119,6 +120,9 @@ def read_yesno(text: str) -> bool | None:
         else:
             lines = [ln for ln in strip_emphasis(region).splitlines() if ln.strip()]
             line = lines[-1] if lines else ""
+            # a bare "Yes." / "No, because ..." counts; "No idea" does not
+            if not re.match(r"\s*(yes|no|true|false)\s*(?:$|[.,!;:])", line, re.IGNORECASE):
+                return None
     word = _first_word(line)
     if word in _YES:
         return True
@@ -295,7 +299,10 @@ def verify_math(text: str, gold: Any) -> Verdict:
         # An explicit `Answer:` line is what our prompts ask for; give it to math-verify alone
         # so that a number in later chatter does not win over it.
         marks = list(_ANSWER_MARK.finditer(region))
-        if last_boxed(region) is not None or not marks:
+        boxed = last_boxed(region)
+        if boxed is not None:  # math-verify would read every box as a set: keep the last
+            target = f"$\\boxed{{{boxed}}}$"
+        elif not marks:
             target = region
         else:
             rest = region[marks[-1].end() :].replace("*", "").strip()

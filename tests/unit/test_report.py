@@ -1,0 +1,184 @@
+"""The report, its HTML safety, the findings' wording and `show` on a synthetic run."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+
+import pandas as pd
+import pytest
+from rich.console import Console
+from synthetic_run import ESC_TOKEN, IMG_TOKEN, SCRIPT_TOKEN, make_synthetic_run
+
+from distillscope.report import to_markdown, write_report
+from distillscope.report import html as H
+from distillscope.report.data import load_run, path_views, visible
+from distillscope.report.findings import correct_incorrect_finding, ranking_finding
+from distillscope.show import align_style, default_teacher, render_path
+
+TABLES = ("teacher_ranking", "correct_vs_incorrect", "correct_vs_incorrect_by_teacher",
+          "teacher_metrics", "within_path_spearman", "selective_oracle", "methods_vs_drgrpo",
+          "best_teacher_oracle", "estimator_sanity")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return make_synthetic_run(tmp_path_factory.mktemp("run") / "run")
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    return write_report(run_dir, seed=0, n_boot=300, n_perm=500)
+
+
+def test_report_files_exist(report, run_dir):
+    out = run_dir / "report"
+    assert report == out / "report.html" and report.is_file()
+    for name in TABLES:
+        assert (out / "tables" / f"{name}.csv").is_file()
+        assert (out / "tables" / f"{name}.md").read_text().startswith("| ")
+    for fig in ("teacher_ranking", "correct_vs_incorrect", "alignment_histogram", "path_depth"):
+        assert (out / "figures" / f"{fig}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.rglob(".*.tmp"))  # atomic writes leave no temp file behind
+
+
+def test_summary_is_flat_and_matches_tables(report, run_dir):
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    assert all("/" in k and not isinstance(v, (dict, list)) for k, v in summary.items())
+    assert summary["ranking/gkd/first"] == "self-1c"
+    ranking = pd.read_csv(run_dir / "report" / "tables" / "teacher_ranking.csv")
+    assert summary["ranking/gkd/self-1c/mean"] == pytest.approx(ranking.loc[0, "mean"])
+    assert summary["align/gkd/n_nan"] == 1  # the synthetic run's one undefined cosine
+    assert summary["report/seed"] == 0
+
+
+def test_report_is_reproducible_for_a_seed(run_dir, tmp_path):
+    a = write_report(run_dir, tmp_path / "a", seed=3, n_boot=200, n_perm=200)
+    b = write_report(run_dir, tmp_path / "b", seed=3, n_boot=200, n_perm=200)
+    assert a == tmp_path / "a" / "report.html"
+    for name in ("summary.json", "tables/teacher_ranking.csv", "tables/correct_vs_incorrect.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_html_escapes_model_text_everywhere(report):
+    page = report.read_text(encoding="utf-8")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert SCRIPT_TOKEN not in page
+    assert IMG_TOKEN not in page and "<img src=x" not in page
+    assert "\x1b" not in page and visible(ESC_TOKEN) in page
+    assert "&lt;b&gt;bold?&lt;/b&gt;" in page  # the question prompt (dataset text)
+    data = re.search(r'<script type="application/json" id="ds-data">(.*?)</script>', page, re.S)
+    assert data and "<" not in data.group(1) and ">" not in data.group(1)
+    payload = json.loads(data.group(1))
+    texts = [n[6] for p in payload["paths"] for n in p["n"]]
+    assert SCRIPT_TOKEN in texts  # intact after JSON decoding, for textContent
+    # every script element is either the inert data block or the report's own (nonce'd) code
+    tags = re.findall(r"<script[^>]*>", page)
+    assert len(tags) == 2 and all('type="application/json"' in t or "nonce=" in t for t in tags)
+
+
+def test_html_is_self_contained_and_carries_provenance(report):
+    page = report.read_text(encoding="utf-8")
+    assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', page)
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    for text in ("synthetic-boolq", "0123abcd4567", "unbiased", "renorm", "cpu (test)",
+                 "torch 2.13.0", "embedded:smollm2-135m"):
+        assert text in page
+    assert page.index("Headline findings") < page.index("Table 1")
+    assert "self-1c ranks first" in page
+    assert '<select id="ds-teacher">' in page and 'value="qwen3-8b"' in page
+
+
+def test_path_views_carry_s_u_children_and_probabilities(run_dir):
+    run = load_run(run_dir)
+    (view,) = path_views(run, only=("q0", 0))
+    assert view.tokens[4] == SCRIPT_TOKEN and sorted(view.nodes) == list(range(0, 19, 2))
+    node = view.nodes[4]
+    assert len(node.children) == 2  # the third child has 5 < N_sig visits
+    assert {c.visits for c in node.children} == {40, 25}
+    on_path = [c for c in node.children if c.on_path][0]
+    assert on_path.token_text == SCRIPT_TOKEN
+    d = run.tables["distributions"]
+    row = d[(d.qid == "q0") & (d.path_id == 0) & (d.depth == 4) & (d.model == "student")
+            & (d.token == 104)]
+    assert on_path.p_student == pytest.approx(float(row["prob"].iloc[0]))
+    # drgrpo rows are teacher-free in this run: every teacher sees them
+    assert ("self-1c", "drgrpo") in node.align and ("qwen3-8b", "drgrpo") in node.align
+    # the undefined cosine stays NaN, distinct from a missing node
+    (v11,) = path_views(run, only=("q1", 1))
+    assert math.isnan(v11.nodes[4].align[("qwen3-8b", "gkd")])
+
+
+def test_json_for_script_is_inert_and_round_trips():
+    obj = {"t": ["</script><script>alert(1)</script>", "a & b", "\u2028", math.nan]}
+    s = H.json_for_script(obj)
+    assert "<" not in s and ">" not in s and "&" not in s
+    assert json.loads(s) == {"t": ["</script><script>alert(1)</script>", "a & b", "\u2028", None]}
+
+
+def test_colour_scale_endpoints_and_escaping_helpers():
+    assert H.colour(-1) == "rgb(178,24,43)" and H.colour(0) == "rgb(247,247,247)"
+    assert H.colour(1) == "rgb(33,102,172)" and H.colour(5) == H.colour(1)
+    assert H.esc('<a href="x">\x00') == "&lt;a href=&quot;x&quot;&gt;\u2400"
+    assert H.fmt_value(float("nan"), "+3") == "–" and H.fmt_value(0.00001, "p") == "1.0e-05"
+    assert to_markdown(pd.DataFrame({"a": ["x|y"], "b": [math.nan]})).splitlines()[2] == \
+        "| x\\|y |  |"
+
+
+# ---------------------------------------------------------------------------------------------
+def _cvi_row(**kw) -> pd.DataFrame:
+    row = {"metric": "mean_cosine", "correct": 0.1, "incorrect": 0.3, "delta": -0.2,
+           "delta_ci_low": math.nan, "delta_ci_high": math.nan, "p_perm": 1 / 3,
+           "p_perm_min": 1 / 3, "p_welch": 1e-12, "n_questions_mixed": 1, "n_correct": 400,
+           "n_incorrect": 400}
+    row.update(kw)
+    return pd.DataFrame([row])
+
+
+def test_findings_are_honest_when_inconclusive():
+    f = correct_incorrect_finding(_cvi_row(), "gkd")
+    assert f.status == "inconclusive" and "smallest attainable p is 0.33" in f.text
+    assert "Welch p = 1.0e-12" in f.text
+    assert correct_incorrect_finding(_cvi_row(n_questions_mixed=0, p_perm=math.nan,
+                                              p_perm_min=math.nan), "gkd").status == "inconclusive"
+    ok = correct_incorrect_finding(_cvi_row(p_perm=0.001, p_perm_min=0.0001), "gkd")
+    assert ok.status == "conclusive" and ok.text.startswith("Incorrect paths align more")
+    rk = pd.DataFrame([
+        {"teacher": "a", "mean": 0.05, "ci_low": 0.0, "ci_high": 0.1, "n_nodes": 50,
+         "n_questions": 5, "gap_to_next": 0.01, "gap_ci_low": -0.02, "gap_ci_high": 0.04,
+         "separated": False},
+        {"teacher": "b", "mean": 0.04, "ci_low": 0.0, "ci_high": 0.1, "n_nodes": 50,
+         "n_questions": 5, "gap_to_next": math.nan, "gap_ci_low": math.nan,
+         "gap_ci_high": math.nan, "separated": False}])
+    f = ranking_finding(rk, "gkd")
+    assert f.status == "inconclusive" and "do not separate" in f.text
+
+
+# ---------------------------------------------------------------------------------------------
+def _console() -> Console:
+    return Console(file=io.StringIO(), record=True, width=140, force_terminal=True,
+                   color_system="truecolor")
+
+
+def test_show_renders_path_legend_and_decision_table(run_dir):
+    con = _console()
+    render_path(run_dir, "q0", 0, console=con)
+    text = con.export_text(styles=False)
+    assert "teacher self-1c" in text and "correct" in text and "+1 helpful" in text
+    assert SCRIPT_TOKEN in text  # shown as text; rich markup is not interpreted
+    assert "Decision points" in text and "▸" in text
+    assert "\x1b[31m" not in con.export_text(styles=False) and visible(ESC_TOKEN) in text
+    styled = con.export_text(styles=True)
+    r, g, b = H.colour(-1)[4:-1].split(",")
+    assert align_style(-1).bgcolor.triplet == (int(r), int(g), int(b))
+    assert "48;2;" in styled  # true-colour backgrounds were emitted
+
+
+def test_show_errors_name_the_choices(run_dir):
+    with pytest.raises(ValueError, match="self-1c"):
+        render_path(run_dir, "q0", 0, teacher="nobody", console=_console())
+    with pytest.raises(KeyError, match="q0/0"):
+        render_path(run_dir, "q9", 0, console=_console())
+    assert default_teacher(run_dir) == "self-1c"
