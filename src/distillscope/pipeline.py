@@ -127,39 +127,76 @@ def load_runtime(config: RunConfig, store: RunStore, reporter: Reporter | None =
 
 # ---------------------------------------------------------------------------------------------
 # Phase 0: teacher contexts
-def phase0(rt: Runtime) -> None:
-    """Build every teacher's context for every question; self-* modes need demonstrations,
-    generated once and stored in the run (RUN_DIR/demos.parquet)."""
-    needs_demos = [t for t in rt.teachers if t.spec.mode != "external"]
-    if needs_demos:
-        from distillscope import contexts
+def phase0(rt: Runtime, cache: dict[str, LanguageModel] | None = None) -> None:
+    """Build every teacher's context for every question. self-* modes need demonstrations
+    (and summaries), generated once per (question, source model) and stored in the run
+    (RUN_DIR/demos.parquet); a question whose demos cannot be found within
+    context.max_trials is recorded in `rt.unavailable` and excluded from the tree."""
+    from distillscope import contexts
 
-        bank = contexts.DemoBank(rt.store.dir / "demos.parquet")
-    with rt.timer("phase0"), rt.reporter.bar("phase 0: teacher contexts",
-                                             len(rt.questions) * max(1, len(rt.teachers)),
-                                             unit="contexts") as bar:
+    cfg = rt.config
+    models = cache if cache is not None else {}
+
+    def model_for(spec: ModelSpec | None) -> LanguageModel:
+        if spec is None:
+            return rt.student
+        key = _model_cache_key(spec)
+        if key not in models:
+            rt.reporter.log(f"loading model {spec.model} ({spec.backend})")
+            models[key] = load_model(spec)
+        return models[key]
+
+    selfs = [t for t in rt.teachers if t.spec.mode != "external"]
+    bank = contexts.DemoBank(rt.store.dir / "demos.parquet") if selfs else None
+    with rt.timer("phase0"):
+        # what each source model must provide: the max over the teachers that use it
+        needs: dict[str, dict[str, Any]] = {}
+        for t in selfs:
+            req = contexts.requirements(t.spec.mode)
+            src = contexts.source_name(t.spec)
+            n = needs.setdefault(src, {"spec": t.spec.source, "correct": 0, "wrong": 0,
+                                       "sum_correct": 0, "sum_wrong": 0})
+            n["correct"] = max(n["correct"], req.n_correct)
+            n["wrong"] = max(n["wrong"], req.n_wrong)
+            if req.summarized:
+                n["sum_correct"] = max(n["sum_correct"], req.n_correct)
+                n["sum_wrong"] = max(n["sum_wrong"], req.n_wrong)
+        for src, n in needs.items():
+            with rt.reporter.bar(f"phase 0: demonstrations ({src})", len(rt.questions),
+                                 unit="questions") as bar:
+                done = [0]
+
+                def progress(_desc: str, k: int, _total: int, bar=bar, done=done) -> None:
+                    bar.advance(k - done[0])
+                    done[0] = k
+
+                bank.generate(model_for(n["spec"]), rt.task, rt.questions, cfg.context,
+                              source=src, need_correct=n["correct"], need_wrong=n["wrong"],
+                              max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed,
+                              progress=progress)
+            if n["sum_correct"] or n["sum_wrong"]:
+                bank.summarize(model_for(cfg.context.summarizer), rt.task, rt.questions,
+                               cfg.context, source=src, n_correct=n["sum_correct"],
+                               n_wrong=n["sum_wrong"], max_new_tokens=cfg.sampling.max_new_tokens,
+                               seed=cfg.seed)
         for q in rt.questions:
             user = rt.task.user_message(q)
             for t in rt.teachers:
                 if t.spec.mode == "external":
-                    t.contexts[q.qid] = t.model.encode_chat([{"role": "user", "content": user}])
-                    bar.advance()
-                    continue
-                msg = contexts.teacher_context(
-                    t.spec, q, rt.task, rt.student, rt.config, bank,
-                    source_loader=lambda spec: load_model(spec),
-                )
-                if msg is None:
-                    rt.unavailable.setdefault(q.qid, []).append(t.spec.name)
+                    msg = user
                 else:
-                    ids = t.model.encode_chat([{"role": "user", "content": msg}])
-                    if len(ids) >= t.model.max_context:
-                        raise ModelError(
-                            f"teacher '{t.spec.name}', question '{q.qid}': the context is "
-                            f"{len(ids)} tokens, longer than the model's {t.model.max_context}"
-                        )
-                    t.contexts[q.qid] = ids
-                bar.advance()
+                    try:
+                        msg = bank.context(t.spec.mode, q, user, contexts.source_name(t.spec))
+                    except contexts.DemoUnavailable as err:
+                        rt.unavailable.setdefault(q.qid, []).append(f"{t.spec.name} ({err})")
+                        continue
+                ids = t.model.encode_chat([{"role": "user", "content": msg}])
+                if len(ids) >= t.model.max_context:
+                    raise ModelError(
+                        f"teacher '{t.spec.name}', question '{q.qid}': the context is "
+                        f"{len(ids)} tokens, longer than the model's {t.model.max_context}"
+                    )
+                t.contexts[q.qid] = ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,9 +457,9 @@ def _token_text(rt: Runtime):
 def decision_points(children: pd.DataFrame, n_sig: int) -> pd.DataFrame:
     """Children in S_u (visits >= n_sig) at nodes with |S_u| >= 2 and SR range > 0."""
     s = children[children.visits >= n_sig]
-    g = s.groupby(["path_id", "depth"]).p_hat
+    g = s.groupby(["qid", "path_id", "depth"]).p_hat
     keep = (g.transform("size") >= 2) & (g.transform("max") - g.transform("min") > 0)
-    return s[keep].sort_values(["path_id", "depth", "token"]).reset_index(drop=True)
+    return s[keep].sort_values(["qid", "path_id", "depth", "token"]).reset_index(drop=True)
 
 
 def _student_distributions(rt: Runtime, q: Question, paths: pd.DataFrame,

@@ -37,8 +37,8 @@ def test_weights_frame_rows_and_values(run_dir):
     a = float(n["align"].iloc[0])
     assert first.loc[4, "align"] == pytest.approx(a)
     assert first.loc[4, "weight"] == (1.0 if a > 0 else 0.0)
-    dp = df[df.is_decision & df.align.notna()]
-    assert ((dp.align > 0) == (dp.weight == 1.0)).all()
+    dp = df[df["is_decision"] & df["align"].notna()]
+    assert ((dp["align"] > 0) == (dp["weight"] == 1.0)).all()
 
 
 def test_undefined_cosine_at_a_decision_point_gets_fill(run_dir):

@@ -12,8 +12,8 @@ import pytest
 from rich.console import Console
 from synthetic_run import ESC_TOKEN, IMG_TOKEN, SCRIPT_TOKEN, make_synthetic_run
 
-from distillscope.report import to_markdown, write_report
 from distillscope.report import html as H
+from distillscope.report import to_markdown, write_report
 from distillscope.report.data import load_run, path_views, visible
 from distillscope.report.findings import correct_incorrect_finding, ranking_finding
 from distillscope.show import align_style, default_teacher, render_path
@@ -56,7 +56,7 @@ def test_summary_is_flat_and_matches_tables(report, run_dir):
 
 def test_report_is_reproducible_for_a_seed(run_dir, tmp_path):
     a = write_report(run_dir, tmp_path / "a", seed=3, n_boot=200, n_perm=200)
-    b = write_report(run_dir, tmp_path / "b", seed=3, n_boot=200, n_perm=200)
+    write_report(run_dir, tmp_path / "b", seed=3, n_boot=200, n_perm=200)
     assert a == tmp_path / "a" / "report.html"
     for name in ("summary.json", "tables/teacher_ranking.csv", "tables/correct_vs_incorrect.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
@@ -89,6 +89,13 @@ def test_html_is_self_contained_and_carries_provenance(report):
     assert page.index("Headline findings") < page.index("Table 1")
     assert "self-1c ranks first" in page
     assert '<select id="ds-teacher">' in page and 'value="qwen3-8b"' in page
+
+
+def test_report_of_an_empty_run_says_so(tmp_path):
+    page = write_report(tmp_path, n_boot=20, n_perm=20).read_text(encoding="utf-8")
+    assert "No teacher has a scored decision point" in page
+    assert "No representative path in this run" in page
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["run/n_paths"] == 0
 
 
 def test_path_views_carry_s_u_children_and_probabilities(run_dir):
@@ -165,11 +172,11 @@ def _console() -> Console:
 def test_show_renders_path_legend_and_decision_table(run_dir):
     con = _console()
     render_path(run_dir, "q0", 0, console=con)
-    text = con.export_text(styles=False)
+    text = con.export_text(styles=False, clear=False)
     assert "teacher self-1c" in text and "correct" in text and "+1 helpful" in text
     assert SCRIPT_TOKEN in text  # shown as text; rich markup is not interpreted
     assert "Decision points" in text and "▸" in text
-    assert "\x1b[31m" not in con.export_text(styles=False) and visible(ESC_TOKEN) in text
+    assert "\x1b" not in text and visible(ESC_TOKEN) in text
     styled = con.export_text(styles=True)
     r, g, b = H.colour(-1)[4:-1].split(",")
     assert align_style(-1).bgcolor.triplet == (int(r), int(g), int(b))

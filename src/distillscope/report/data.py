@@ -156,10 +156,9 @@ def path_views(run: Run, only: tuple[str, int] | None = None) -> list[PathView]:
         meta.setdefault(key, (_f(r.sr_range), int(r.visits), int(r.n_children)))
     su = children[children["visits"] >= run.n_sig]
     probs: dict[tuple, dict[str, float]] = {}
-    for r in dist.itertuples(index=False):
-        probs.setdefault((r.qid, int(r.path_id), int(r.depth), int(r.token)), {})[r.model] = _f(
-            r.prob
-        )
+    cols = [dist[c].to_numpy() for c in ("qid", "path_id", "depth", "token", "model", "prob")]
+    for q, p, d, k, model, prob in zip(*cols, strict=True):
+        probs.setdefault((q, int(p), int(d), int(k)), {})[model] = _f(prob)
     kids: dict[tuple, list[Child]] = {}
     for r in su.sort_values(NODE_KEY + ["p_hat"], ascending=[True] * 3 + [False]).itertuples(
         index=False

@@ -74,13 +74,16 @@ def correct_incorrect_finding(cvi: pd.DataFrame, method: str) -> Finding:
     if cvi.empty or "mean_cosine" not in rows.index:
         return Finding(title, "No scored decision point.", "inconclusive")
     m = rows.loc["mean_cosine"]
+    if m.n_correct == 0 and m.n_incorrect == 0:
+        return Finding(title, f"No scored {method} decision point.", "inconclusive")
     if m.n_correct == 0 or m.n_incorrect == 0:
         which = "correct" if m.n_correct == 0 else "incorrect"
         return Finding(title, f"No decision point on {which} paths: the comparison cannot be "
                        "made.", "inconclusive")
     direction = ("Incorrect paths align more than correct ones" if m.delta < 0
                  else "Correct paths align more than incorrect ones")
-    text = (f"{direction}: mean {method} alignment {fnum(m.correct)} (correct) vs "
+    who = "all teachers pooled" if m.get("teacher", "all") == "all" else str(m.teacher)
+    text = (f"{direction} ({who}): mean {method} alignment {fnum(m.correct)} (correct) vs "
             f"{fnum(m.incorrect)} (incorrect), Δ = {fnum(m.delta)} "
             f"(95% CI {_ci(m.delta_ci_low, m.delta_ci_high)}); question-clustered permutation "
             f"p = {fp(m.p_perm)} over {m.n_questions_mixed} questions with both kinds of path "

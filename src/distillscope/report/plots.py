@@ -118,7 +118,7 @@ def correct_incorrect_plot(nodes: pd.DataFrame, cvi: pd.DataFrame, method: str =
     _style(ax)
     names = {"mean_cosine": "mean cos", "weighted_cosine": "SR-weighted",
              "teacher_adv": "teacher adv."}
-    c = cvi.reset_index(drop=True)
+    c = cvi[cvi["metric"].isin(["mean_cosine", "weighted_cosine"])].reset_index(drop=True)
     y = np.arange(len(c))[::-1]
     d = c["delta"].to_numpy(float)
     lo = np.nan_to_num(d - c["delta_ci_low"].to_numpy(float))
@@ -130,6 +130,7 @@ def correct_incorrect_plot(nodes: pd.DataFrame, cvi: pd.DataFrame, method: str =
         p = "n/a" if not np.isfinite(r.p_perm) else f"{r.p_perm:.2g}"
         labels.append(f"{names.get(r.metric, r.metric)}\np_perm={p}")
     bx.set_yticks(y, labels)
+    bx.set_ylim(-0.6, len(c) - 0.4)
     bx.set_xlabel("Δ = correct − incorrect (95% CI)")
     bx.set_title("Clustered difference", loc="left")
     _style(bx)

@@ -7,6 +7,10 @@
   var tSel = document.getElementById("ds-teacher");
   var mSel = document.getElementById("ds-method");
   var tip = document.getElementById("tip");
+  if (!tSel || !mSel || !tip) {  // a run without representative paths: nothing to colour
+    document.documentElement.setAttribute("data-ready", "1");
+    return;
+  }
   var STOPS = [[-1, [178, 24, 43]], [-0.5, [239, 138, 98]], [0, [247, 247, 247]],
                [0.5, [103, 169, 207]], [1, [33, 102, 172]]];
 

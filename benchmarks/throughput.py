@@ -1,0 +1,441 @@
+"""Rollout throughput: the hf backend's shared-prefix sampler against `model.generate`.
+
+Same run, same model, same shapes: G groups x n samples behind a random L-token prefix, S new
+tokens each, EOS suppressed on both sides so every sample has exactly S tokens. Generated
+tokens per second (wall clock, prefill included, graph capture included) for
+
+* ours          `HFModel.sample`, cascade attention (prefix KV once per group)
+* ours-copies   `HFModel.sample`, one prefix KV copy per sample (`cascade: false`)
+* generate      `model.generate(do_sample=True, num_return_sequences=n, top_k=0)`
+
+and ours as a fraction of a floor: per decode step the weights are read once and the KV
+cache once (each group's prefix once, each sample's suffix), FLOPs = 2 x params x batch +
+attention; the floor is max(bytes / bandwidth, FLOPs / matmul rate) summed over steps plus the
+prefill's FLOPs, with both ceilings measured in the same run (a large device-to-device copy
+counting bytes read + written; a large matrix product in the model's dtype).
+
+    python benchmarks/throughput.py                                   # CPU, embedded SmolLM2
+    python benchmarks/throughput.py --device cuda --arch qwen3-0.6b --arch qwen3-1.7b
+    python benchmarks/throughput.py --device cuda --check             # correctness first
+
+`--arch qwen3-*` builds a random-initialised Qwen3 from the hand-written configs below (no hub
+access). `--check` runs correctness checks on the device before timing (greedy equals
+`generate`, batched equals alone, CUDA graphs equal eager, cascade equals copies, scoring
+equals a forward, a 30k-token response scores in chunks) and exits non-zero on a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillscope.models.hf import HFModel
+from distillscope.types import SampleRequest, SamplingParams
+
+QWEN3 = {  # published Qwen3 configurations (config.json of the hub checkpoints)
+    "qwen3-0.6b": dict(hidden_size=1024, intermediate_size=3072),
+    "qwen3-1.7b": dict(hidden_size=2048, intermediate_size=6144),
+}
+QWEN3_COMMON = dict(
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=40960,
+    rms_norm_eps=1e-6,
+    eos_token_id=None,
+    bos_token_id=None,
+    pad_token_id=None,
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    groups: int
+    n: int
+    prefix: int
+    new: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        """'8x100:256:256' = 8 groups x 100 samples, 256-token prefix, 256 new tokens."""
+        gn, prefix, new = text.split(":")
+        g, n = gn.split("x")
+        return cls(int(g), int(n), int(prefix), int(new))
+
+    def __str__(self) -> str:
+        return f"{self.groups}x{self.n} L={self.prefix} S={self.new}"
+
+
+DEFAULT_SHAPES = {
+    "cpu": ["2x8:64:32", "1x8:512:32"],
+    "cuda": ["8x100:256:256", "1x100:4096:256"],
+}
+
+
+class _NullTokenizer:
+    """Random-weight models have no tokenizer; the sampler only decodes for Completion.text."""
+
+    eos_token_id = None
+
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        return ""
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def build(arch: str, device: torch.device) -> tuple[Any, Any]:
+    if arch == "smollm2":
+        from distillscope.config import ModelSpec
+        from distillscope.models.hf import load_hf_model
+
+        spec = ModelSpec(device=str(device), dtype="auto")
+        hf = load_hf_model(spec)
+        return hf.model, hf.tokenizer
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kw = {**QWEN3_COMMON, **QWEN3[arch]}
+    try:
+        cfg = Qwen3Config(rope_parameters={"rope_type": "default", "rope_theta": 1e6}, **kw)
+    except TypeError:
+        cfg = Qwen3Config(rope_theta=1e6, **kw)
+    torch.manual_seed(0)
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen3ForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(prev)
+    model.generation_config.eos_token_id = None
+    return model.eval(), _NullTokenizer()
+
+
+def param_count(model: Any) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+# --- ceilings and floor ----------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, reps: int) -> float:
+    fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def ceilings(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
+    """(bytes/s of a large copy, read + write counted; FLOP/s of a large matmul)."""
+    numel = (1 << 30) if device.type == "cuda" else (1 << 26)
+    src = torch.randn(numel // 4, device=device).to(torch.float32)
+    dst = torch.empty_like(src)
+    t_copy = timed(lambda: dst.copy_(src), device, 10)
+    bw = 2 * src.numel() * src.element_size() / t_copy
+    m = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(m, m, device=device, dtype=dtype)
+    b = torch.randn(m, m, device=device, dtype=dtype)
+    t_mm = timed(lambda: a @ b, device, 10)
+    del src, dst, a, b
+    return bw, 2 * m**3 / t_mm
+
+
+def floor_seconds(model: Any, shape: Shape, bw: float, flops: float) -> float:
+    cfg = model.config
+    P = param_count(model)
+    w_bytes = P * next(model.parameters()).element_size()
+    el = next(model.parameters()).element_size()
+    layers, kvh = cfg.num_hidden_layers, cfg.num_key_value_heads
+    H = cfg.num_attention_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    kv_tok = layers * 2 * kvh * D * el
+    G, B, L, S = shape.groups, shape.groups * shape.n, shape.prefix, shape.new
+    # prefill: every group once
+    pre_flops = G * (2 * P * L + 2 * layers * H * D * L * L)
+    total = max(pre_flops / flops, (w_bytes + G * L * kv_tok) / bw)
+    for t in range(S - 1):  # decode steps; the first token comes from the prefill
+        byts = w_bytes + G * L * kv_tok + B * (t + 1) * kv_tok
+        fl = 2 * P * B + 4 * B * layers * H * D * (L + t + 1)
+        total += max(byts / bw, fl / flops)
+    return total
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+def prefixes(shape: Shape, vocab: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(100, min(vocab, 30000), (shape.groups, shape.prefix), generator=gen)
+    return ids.tolist()
+
+
+def run_ours(model, tok, shape: Shape, cascade: bool, graphs: bool) -> tuple[float, dict]:
+    hf = HFModel(model, tok, eos_token_ids=(), cascade=cascade, cuda_graphs=graphs)
+    reqs = [SampleRequest(tuple(p), shape.n, seed=i) for i, p in enumerate(prefixes(shape, 30000))]
+    params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=shape.new)
+    device = torch.device(hf.device)
+
+    def go():
+        out = hf.sample(reqs, params)
+        assert sum(len(c.token_ids) for g in out for c in g) == shape.groups * shape.n * shape.new
+
+    secs = timed(go, device, 1)
+    return shape.groups * shape.n * shape.new / secs, dict(hf.last_stats)
+
+
+def run_generate(model, shape: Shape, new: int | None = None) -> float:
+    device = next(model.parameters()).device
+    ids = torch.tensor(prefixes(shape, 30000), device=device)
+    S = new or shape.new
+
+    def go():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            num_return_sequences=shape.n,
+            max_new_tokens=S,
+            min_new_tokens=S,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        assert out.shape == (shape.groups * shape.n, shape.prefix + S), out.shape
+
+    with torch.inference_mode():
+        model.generate(  # warm-up, short
+            ids, do_sample=True, num_return_sequences=shape.n, max_new_tokens=2, pad_token_id=0
+        )
+        sync(device)
+        t = time.perf_counter()
+        go()
+        sync(device)
+        secs = time.perf_counter() - t
+    return shape.groups * shape.n * S / secs
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --- correctness checks on the device --------------------------------------------------------
+
+
+def check(device: torch.device) -> bool:
+    """Print PASS/FAIL lines; True when all pass."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    results: list[tuple[str, bool, str]] = []
+
+    def record(name: str, ok: bool, detail: str = "") -> None:
+        results.append((name, ok, detail))
+        print(f"{'PASS' if ok else 'FAIL'}  {name}  {detail}", flush=True)
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=1024,
+        initializer_range=0.2,
+        eos_token_id=None,
+    )
+    with torch.device(device):
+        tiny = Qwen3ForCausalLM(cfg).eval()
+    tok = _NullTokenizer()
+    prefix = tuple(range(3, 40))
+    S = 40
+    with torch.inference_mode():
+        gen = tiny.generate(
+            torch.tensor([prefix], device=device),
+            do_sample=False,
+            max_new_tokens=S,
+            min_new_tokens=S,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(prefix) :].tolist()
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=S)
+    for label, kw in [
+        ("cascade+graphs", {}),
+        ("copies+graphs", {"cascade": False}),
+        ("cascade eager", {"cuda_graphs": False}),
+    ]:
+        hf = HFModel(tiny, tok, eos_token_ids=(), **kw)
+        out = hf.sample([SampleRequest(prefix, 3, 0)], greedy)[0]
+        ok = all(list(c.token_ids) == gen for c in out)
+        record(f"fp32 greedy == generate ({label})", ok, f"graphs={hf.last_stats.get('graphs')}")
+    hf = HFModel(tiny, tok, eos_token_ids=())
+    reqs = [SampleRequest(tuple(range(5, 5 + k)), 2 + k % 3, seed=k) for k in (3, 17, 60)]
+    hot = SamplingParams(temperature=1.0, max_new_tokens=S)
+    together = [[c.token_ids for c in g] for g in hf.sample(reqs, hot)]
+    alone = [[c.token_ids for c in hf.sample([r], hot)[0]] for r in reqs]
+    record("fp32 sampled groups: batched == alone", together == alone)
+    eager = HFModel(tiny, tok, eos_token_ids=(), cuda_graphs=False)
+    record(
+        "fp32 sampled: graphs == eager",
+        together == [[c.token_ids for c in g] for g in eager.sample(reqs, hot)],
+    )
+    ctx, resp = list(range(1, 50)), list(range(50, 300))
+    chunks = torch.cat(list(hf.logprob_chunks(ctx, resp, chunk_size=64)))
+    with torch.inference_mode():
+        ref = torch.log_softmax(tiny(torch.tensor([ctx + resp], device=device)).logits.float(), -1)
+    err = (chunks - ref[0, len(ctx) - 1 : -1]).abs().max().item()
+    record("fp32 logprob_chunks == forward log_softmax", err < 1e-4, f"max abs diff {err:.2e}")
+    del tiny, hf, eager
+    free(device)
+
+    if device.type == "cuda":
+        model, tok = build("qwen3-0.6b", device)
+        reqs = [SampleRequest(tuple(range(100 + g, 400 + g)), 16, seed=g) for g in range(4)]
+        hot = SamplingParams(temperature=1.0, max_new_tokens=64)
+        outs = {}
+        for label, kw in [
+            ("graphs", {}),
+            ("eager", {"cuda_graphs": False}),
+            ("copies", {"cascade": False}),
+        ]:
+            hf = HFModel(model, tok, eos_token_ids=(), **kw)
+            outs[label] = [[c.token_ids for c in g] for g in hf.sample(reqs, hot)]
+        same = outs["graphs"] == outs["eager"]
+        record("bf16 qwen3-0.6b sampled: graphs == eager (identical kernels)", same)
+        agree = sum(
+            a == b
+            for ga, gb in zip(outs["graphs"], outs["copies"], strict=True)
+            for ra, rb in zip(ga, gb, strict=True)
+            for a, b in zip(ra, rb, strict=True)
+        ) / (4 * 16 * 64)
+        record(
+            "bf16 qwen3-0.6b sampled: cascade vs copies token agreement", agree > 0.9, f"{agree:.3f}"
+        )
+        hf = HFModel(model, tok, eos_token_ids=(), max_context=40960)
+        torch.cuda.reset_peak_memory_stats(device)
+        T = 30000
+        t0 = time.perf_counter()
+        n_pos, finite = 0, True
+        for c in hf.logprob_chunks(list(range(1, 200)), list(range(1000, 1000 + T)), 2048):
+            n_pos += c.shape[0]
+            finite &= bool(torch.isfinite(c).all())
+        sync(device)
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        record(
+            "bf16 qwen3-0.6b: 30k-token response scored in chunks",
+            n_pos == T and finite,
+            f"{time.perf_counter() - t0:.2f}s, peak {peak:.1f} GiB",
+        )
+        del model, hf
+        free(device)
+    return all(ok for _, ok, _ in results)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--arch", action="append", help="smollm2 (default), qwen3-0.6b, qwen3-1.7b")
+    ap.add_argument("--shape", action="append", help="GxN:L:S, e.g. 8x100:256:256")
+    ap.add_argument("--methods", default="ours,ours-copies,generate")
+    ap.add_argument("--check", action="store_true", help="run correctness checks first")
+    ap.add_argument("--json", help="write the rows to this file")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    archs = args.arch or ["smollm2"]
+    shapes = [Shape.parse(s) for s in (args.shape or DEFAULT_SHAPES[device.type])]
+    methods = args.methods.split(",")
+    print(f"torch {torch.__version__}, device {device}", end="")
+    if device.type == "cuda":
+        print(f" ({torch.cuda.get_device_name(device)})", end="")
+    print(f", {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}")
+    if args.check and not check(device):
+        print("correctness checks failed")
+        return 1
+
+    rows: list[dict[str, Any]] = []
+    for arch in archs:
+        model, tok = build(arch, device)
+        dtype = next(model.parameters()).dtype
+        bw, peak = ceilings(device, dtype)
+        print(
+            f"\n{arch}: {param_count(model) / 1e6:.0f}M params, {dtype}; ceilings: copy "
+            f"{bw / 1e9:.0f} GB/s, matmul {peak / 1e12:.1f} TFLOP/s",
+            flush=True,
+        )
+        for shape in shapes:
+            floor = shape.groups * shape.n * shape.new / floor_seconds(model, shape, bw, peak)
+            res: dict[str, float] = {}
+            for method in methods:
+                try:
+                    if method == "generate":
+                        res[method] = run_generate(model, shape)
+                        stats: dict = {}
+                    else:
+                        cascade = method == "ours"
+                        res[method], stats = run_ours(model, tok, shape, cascade, True)
+                except torch.OutOfMemoryError as err:
+                    print(f"  {shape} {method}: out of memory ({str(err)[:80]})")
+                    res[method] = float("nan")
+                    stats = {}
+                free(device)
+                print(f"  {shape} {method}: {res[method]:.0f} tok/s {stats}", flush=True)
+            base = res.get("generate", float("nan"))
+            for method, tps in res.items():
+                rows.append(
+                    dict(
+                        arch=arch,
+                        shape=str(shape),
+                        method=method,
+                        tok_s=tps,
+                        vs_generate=tps / base,
+                        floor_tok_s=floor,
+                        of_floor=tps / floor,
+                    )
+                )
+        del model
+        free(device)
+
+    print("\n| arch | shape | method | tok/s | x generate | floor tok/s | of floor |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['arch']} | {r['shape']} | {r['method']} | {r['tok_s']:,.0f} | "
+            f"{r['vs_generate']:.2f} | {r['floor_tok_s']:,.0f} | {r['of_floor']:.1%} |"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""The whole pipeline on the synthetic world, where exact success probabilities are known."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from distillscope.cli import app
+from distillscope.config import load_config
+from distillscope.pipeline import decision_points, run
+from distillscope.store import RunStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def toy_config(**overrides):
+    base = {"task.options.n_questions": 4}
+    base.update(overrides)
+    return load_config(ROOT / "configs" / "toy.yaml", base)
+
+
+@pytest.fixture(scope="module")
+def toy_runs(tmp_path_factory):
+    out = {}
+    for est in ("unbiased", "paper"):
+        d = tmp_path_factory.mktemp(f"toy-{est}")
+        run(toy_config(**{"tree.estimator": est}), d)
+        out[est] = RunStore(d)
+    return out
+
+
+def _z(children: pd.DataFrame) -> pd.Series:
+    v = children[(children.visits >= 20) & (children.p_exact > 0) & (children.p_exact < 1)]
+    return (v.p_hat - v.p_exact) / np.sqrt(v.p_exact * (1 - v.p_exact) / v.visits)
+
+
+def test_tables_carry_exact_values(toy_runs):
+    store = toy_runs["unbiased"]
+    children, nodes = store.read("children"), store.read("nodes")
+    assert len(children) and children.p_exact.notna().all()
+    assert len(nodes) and nodes["align_exact"].notna().any()
+    assert set(nodes.method) == {"gkd", "sampled", "minillm", "drgrpo"}
+    assert set(nodes.teacher) == {"helpful", "harmful", "irrelevant", "self-1c"}
+
+
+def test_unbiased_agrees_with_exact_and_paper_is_biased(toy_runs):
+    z_u = _z(toy_runs["unbiased"].read("children"))
+    z_p = _z(toy_runs["paper"].read("children"))
+    assert len(z_u) > 50 and len(z_p) > 50
+    # binomial error: about 99.7% of |z| < 3 if unbiased (normal approximation; allow slack)
+    assert (z_u.abs() < 3).mean() > 0.95
+    assert abs(z_u.mean()) < 0.5
+    # the naive cascade counts forced rollouts at ancestors: many estimates far off
+    assert (z_p.abs() < 3).mean() < 0.8
+    assert abs(z_p.mean()) > 1.0
+
+
+def test_teacher_signs(toy_runs):
+    nodes = toy_runs["unbiased"].read("nodes")
+    gkd = nodes[nodes.method == "gkd"].groupby("teacher")["align"].mean()
+    assert gkd["helpful"] > 0.5
+    assert gkd["harmful"] < -0.5
+    assert abs(gkd["irrelevant"]) < 0.3
+    assert gkd["self-1c"] > 0.5  # on toy, a demonstration in context makes a helpful teacher
+
+
+def _recount(ro: pd.DataFrame, path: list[int], depth: int, token: int, estimator: str) -> int:
+    """Brute force: rollouts whose response extends path[:depth] + [token], counted by rule."""
+    n = 0
+    prefix = path[:depth] + [token]
+    for ids, m in zip(ro.response_ids, ro.forced_len, strict=True):
+        ids = list(ids)
+        if ids[: depth + 1] == prefix and (estimator == "paper" or depth >= m - 1):
+            n += 1
+    return n
+
+
+@pytest.mark.parametrize("estimator", ["unbiased", "paper"])
+def test_visits_equal_the_rollouts_the_estimator_counts(toy_runs, estimator):
+    store = toy_runs[estimator]
+    cfg = store.load_config()
+    ro, paths, children = store.read("rollouts"), store.read("paths"), store.read("children")
+    rng = np.random.default_rng(0)
+    sample = children.iloc[rng.choice(len(children), size=40, replace=False)]
+    for c in sample.itertuples():
+        path = [int(t) for t in paths[(paths.qid == c.qid) & (paths.path_id == c.path_id)]
+                .response_ids.iloc[0]]
+        got = _recount(ro[ro.qid == c.qid], path, c.depth, c.token, estimator)
+        assert got == c.visits, (c.qid, c.path_id, c.depth, c.token)
+    # every child in S_u at a decision point has at least n_sig visits
+    nodes = store.read("nodes")
+    dp = decision_points(children, cfg.tree.n_sig)
+    assert (dp.visits >= cfg.tree.n_sig).all()
+    keys = set(zip(nodes.qid, nodes.path_id, nodes.depth, strict=True))
+    assert keys == set(zip(dp.qid, dp.path_id, dp.depth, strict=True))
+
+
+def test_rollout_ids_unique_and_provenance(toy_runs):
+    store = toy_runs["unbiased"]
+    ro = store.read("rollouts")
+    assert not ro.duplicated(["qid", "rollout_id"]).any()
+    prov = store.read_json("provenance.json")
+    assert prov["rollouts/total"] == len(ro)
+    assert prov["rollouts/targeted"] == int((ro.origin == "targeted").sum()) > 0
+    assert prov["estimator"] == "unbiased" and "git_commit" in prov
+
+
+def test_rerun_is_a_no_op_and_score_adds_a_teacher(tmp_path):
+    runner = CliRunner()
+    cfg = toy_config(**{"task.options.n_questions": 2})
+    cfg = cfg.model_copy(update={"teachers": [t for t in cfg.teachers if t.name == "helpful"]})
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-report"])
+    assert res.exit_code == 0, res.output
+    store = RunStore(out)
+    ro = store.read("rollouts")
+    before = store.read("nodes")
+    # a second run of the same command resumes: nothing new is sampled or scored
+    res = runner.invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-report"])
+    assert res.exit_code == 0, res.output
+    pd.testing.assert_frame_equal(RunStore(out).read("rollouts"), ro)
+    # add a teacher afterwards: no new rollouts, new nodes for it
+    res = runner.invoke(app, ["score", str(out), "--teacher", "demo", "--mode", "self-1c",
+                              "--no-report"])
+    assert res.exit_code == 0, res.output
+    after = RunStore(out)
+    pd.testing.assert_frame_equal(after.read("rollouts"), ro)
+    nodes = after.read("nodes")
+    assert set(nodes.teacher) == {"helpful", "demo"}
+    pd.testing.assert_frame_equal(
+        nodes[nodes.teacher == "helpful"].reset_index(drop=True), before)
+    assert [t.name for t in after.load_config().teachers] == ["helpful", "demo"]
+
+
+def test_cli_refuses_a_different_config_and_names_bad_fields(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "run"
+    a = toy_config(**{"task.options.n_questions": 1, "tree.G": 20})
+    (tmp_path / "a.yaml").write_text(a.to_yaml())
+    assert runner.invoke(app, ["run", str(tmp_path / "a.yaml"), "--out", str(out),
+                               "--no-report"]).exit_code == 0
+    res = runner.invoke(app, ["run", str(tmp_path / "a.yaml"), "--out", str(out), "--no-report",
+                              "--set", "tree.G=21"])
+    assert res.exit_code == 2 and "different configuration" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tree: {estimatr: paper}\n")
+    res = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "tree.estimatr" in res.output and "unknown key" in res.output
