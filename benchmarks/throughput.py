@@ -158,7 +158,6 @@ def ceilings(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
     a = torch.randn(m, m, device=device, dtype=dtype)
     b = torch.randn(m, m, device=device, dtype=dtype)
     t_mm = timed(lambda: a @ b, device, 10)
-    del src, dst, a, b
     return bw, 2 * m**3 / t_mm
 
 
@@ -335,7 +334,9 @@ def check(device: torch.device) -> bool:
             for a, b in zip(ra, rb, strict=True)
         ) / (4 * 16 * 64)
         record(
-            "bf16 qwen3-0.6b sampled: cascade vs copies token agreement", agree > 0.9, f"{agree:.3f}"
+            "bf16 qwen3-0.6b sampled: cascade vs copies token agreement",
+            agree > 0.9,
+            f"{agree:.3f}",
         )
         hf = HFModel(model, tok, eos_token_ids=(), max_context=40960)
         torch.cuda.reset_peak_memory_stats(device)
@@ -357,6 +358,20 @@ def check(device: torch.device) -> bool:
     return all(ok for _, ok, _ in results)
 
 
+def profile(model, tok, shape: Shape) -> None:
+    """Kernel time of ours (eager, no graphs) on a short run of `shape`: where the step goes."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    short = Shape(shape.groups, shape.n, shape.prefix, 33)
+    run_ours(model, tok, short, True, False)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with prof(activities=acts) as p:
+        run_ours(model, tok, short, True, False)
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    print(p.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60))
+
+
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -368,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="ours,ours-copies,generate")
     ap.add_argument("--check", action="store_true", help="run correctness checks first")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--profile", action="store_true", help="top kernels of one eager run")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -392,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{bw / 1e9:.0f} GB/s, matmul {peak / 1e12:.1f} TFLOP/s",
             flush=True,
         )
+        if args.profile:
+            profile(model, tok, shapes[0])
         for shape in shapes:
             floor = shape.groups * shape.n * shape.new / floor_seconds(model, shape, bw, peak)
             res: dict[str, float] = {}

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import betaincinv
 
 DRAWS = 256  # bootstrap draws per node and variant
 Z95 = 1.959963984540054
@@ -77,6 +78,7 @@ class AdaptiveSettings:
     round_size: int = 20
     ci_halfwidth: float = 0.1
     max_child: int = 200
+    min_gain: float = 0.0
 
     @classmethod
     def from_config(cls, config: Any) -> AdaptiveSettings:
@@ -88,6 +90,7 @@ class AdaptiveSettings:
             round_size=int(getattr(t, "adaptive_round", 20)),
             ci_halfwidth=float(getattr(t, "adaptive_ci", 0.1)),
             max_child=int(max_child if max_child is not None else 2 * t.n_min),
+            min_gain=float(getattr(t, "adaptive_gain", 0.0)),
         )
 
 
@@ -121,14 +124,22 @@ def _cosines(x_XK: np.ndarray, g_MK: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class NodeError:
     """Bootstrap error of one node's alignment: per-teacher RMS deviation of the cosine
-    (`rms_M`) and each child's share of the mean squared error over teachers (`share_K`)."""
+    (`rms_M`), and per child the expected reduction of the node's mean squared error (over
+    teachers) if that child received `extra` more rollouts (`gain_K`)."""
 
     rms_M: np.ndarray
-    share_K: np.ndarray
+    gain_K: np.ndarray
 
     @property
     def halfwidth(self) -> float:
+        """Half-width of the node's 95% interval, the widest over teachers."""
         return float(Z95 * np.max(self.rms_M)) if len(self.rms_M) else 0.0
+
+
+def _posterior_draws(n_K: np.ndarray, p_K: np.ndarray, u_DK: np.ndarray) -> np.ndarray:
+    """Jeffreys posterior Beta(s + 1/2, n - s + 1/2), s = p n, by inversion of uniforms (the
+    same uniforms for every n: common random numbers keep gains smooth in n)."""
+    return betaincinv(p_K * n_K + 0.5, (1.0 - p_K) * n_K + 0.5, u_DK)
 
 
 def node_error(
@@ -137,39 +148,45 @@ def node_error(
     successes_K: np.ndarray,
     q_MK: np.ndarray | None,
     rng: np.random.Generator,
+    extra: int = 20,
     draws: int = DRAWS,
 ) -> NodeError:
     """Parametric bootstrap of Align(u) = cos(ideal, gkd_m) around its plug-in value.
 
     p_K: student probabilities of the S_u children; visits/successes: their counts; q_MK: the
-    teachers' probabilities (None or M = 0: the ideal's own direction is used). Draws come from
-    the Jeffreys posterior Beta(s + 1/2, n - s + 1/2) of each child. Variant 0 resamples every
-    child, variant k + 1 only child k (the others stay at P_hat)."""
+    teachers' probabilities (None or M = 0: the ideal's own direction, 1 - cos(ideal*, ideal),
+    replaces the teachers' cosines). Draws of P_succ come from each child's posterior.
+
+    rms_M resamples every child. gain_K is a look-ahead that assumes the estimate will not
+    move: child k alone resampled from its posterior now, minus the same from the narrower
+    posterior it would have after `extra` more visits with the same P_hat. A child whose
+    uncertainty does not move the cosine, or whose node is a coin flip that `extra` rollouts
+    cannot settle (two children of nearly equal P_succ), gains little."""
     n = np.asarray(visits_K, dtype=np.float64)
     s = np.asarray(successes_K, dtype=np.float64)
     K = len(n)
     p_hat = s / np.maximum(n, 1)
-    star_DK = rng.beta(s + 0.5, n - s + 0.5, size=(draws, K))
-    succ_RDK = np.broadcast_to(p_hat, (K + 1, draws, K)).copy()
-    succ_RDK[0] = star_DK
+    u_DK = rng.random((draws, K))
+    now_DK = _posterior_draws(n, p_hat, u_DK)
+    next_DK = _posterior_draws(n + extra, p_hat, u_DK)
+    succ_RDK = np.broadcast_to(p_hat, (2 * K + 1, draws, K)).copy()
+    succ_RDK[0] = now_DK
     for k in range(K):
-        succ_RDK[k + 1, :, k] = star_DK[:, k]
+        succ_RDK[1 + k, :, k] = now_DK[:, k]
+        succ_RDK[1 + K + k, :, k] = next_DK[:, k]
     x_hat = ideal_directions(p_K, p_hat)
     x_RDK = ideal_directions(p_K, succ_RDK)
-    if q_MK is not None and len(q_MK):
-        g_MK = gkd_directions(p_K, q_MK)
-        keep = np.linalg.norm(g_MK, axis=1) > 0
-        g_MK = g_MK[keep]
-    else:
-        g_MK = np.zeros((0, K))
+    g_MK = gkd_directions(p_K, q_MK) if q_MK is not None and len(q_MK) else np.zeros((0, K))
+    g_MK = g_MK[np.linalg.norm(g_MK, axis=1) > 0]
     if len(g_MK):
         dev_RDM = (_cosines(x_RDK, g_MK) - _cosines(x_hat, g_MK)) ** 2
-    else:  # no teacher: the ideal's own direction, 1 - cos(ideal*, ideal)
-        dev_RDM = (1.0 - _cosines(x_RDK, x_hat[None, :]))
+    else:
+        dev_RDM = 1.0 - _cosines(x_RDK, x_hat[None, :])
     dev_RDM = np.where(np.isfinite(dev_RDM), dev_RDM, 4.0)  # an undefined cosine: worst case
     rms_M = np.sqrt(dev_RDM[0].mean(axis=0))
-    share_K = dev_RDM[1:].mean(axis=(1, 2))
-    return NodeError(rms_M=rms_M, share_K=share_K)
+    share_R = dev_RDM[1:].mean(axis=(1, 2))
+    gain_K = np.maximum(share_R[:K] - share_R[K:], 0.0)
+    return NodeError(rms_M=rms_M, gain_K=gain_K)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,9 +292,9 @@ class AdaptiveAllocator:
                 key = (pid, d, int(tok))
                 room = st.max_child - max(int(visits[k]), self.allocated.get(key, 0))
                 n = min(st.round_size, room)
-                if n <= 0 or err.share_K[k] <= 0:
+                gain = weight * err.gain_K[k] / st.round_size  # per rollout
+                if n <= 0 or gain <= 0 or gain < st.min_gain:
                     continue
-                gain = weight * err.share_K[k] / (visits[k] + n)
                 cands.append((-gain, pid, d, int(tok), n))
         cands.sort()
         out = [(pid, d, tok, n) for _, pid, d, tok, n in cands[:max_groups]]
@@ -325,6 +342,6 @@ class AdaptiveAllocator:
         for (pid, d), (weight, tokens, visits, succ) in sorted(self.decision_nodes(plan).items()):
             p_s, p_t = self.tables[pid].at(d, tokens, self.tau / 2)
             rng = np.random.default_rng(_seed(*self.seed, pid, d))
-            err = node_error(p_s, visits, succ, p_t, rng)
+            err = node_error(p_s, visits, succ, p_t, rng, extra=self.settings.round_size)
             out[(pid, d)] = (weight, err, tokens, visits)
         return out

@@ -380,7 +380,7 @@ class DemoBank:
             for lo in range(0, len(jobs), requests_per_call):
                 chunk = jobs[lo : lo + requests_per_call]
                 outs = model.sample([j[2] for j in chunk], params)
-                for (qid, trial, req), comps in zip(chunk, outs):
+                for (qid, trial, req), comps in zip(chunk, outs, strict=True):
                     text = comps[0].text
                     ok = task.verify(by_id[qid], text).reward >= 1.0
                     self._add_row({"qid": qid, "source": source, "kind": "demo", "index": trial,
@@ -429,7 +429,7 @@ class DemoBank:
         for lo in range(0, len(jobs), requests_per_call):
             chunk = jobs[lo : lo + requests_per_call]
             outs = summarizer.sample([j[1] for j in chunk], params)
-            for (d, req), comps in zip(chunk, outs):
+            for (d, req), comps in zip(chunk, outs, strict=True):
                 self._add_row({"qid": d.qid, "source": source, "kind": "summary",
                                "index": d.index, "correct": d.correct,
                                "text": strip_thinking(comps[0].text), "seed": req.seed})

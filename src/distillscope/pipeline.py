@@ -351,6 +351,12 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
         bar.advance(cfg.G)
         return None
     init = _initial_rollouts(rt, q, bar)
+    if len(init) and (init.finish_reason == "length").all():
+        raise ModelError(
+            f"question '{q.qid}': none of the {len(init)} initial rollouts ended within "
+            f"sampling.max_new_tokens={rt.config.sampling.max_new_tokens} (no EOS): the model "
+            f"never stops, or the budget is too small for it; raise sampling.max_new_tokens"
+        )
     pass_rate = float(init.reward.mean()) if len(init) else 0.0
     if q.qid in rt.unavailable:
         note = "excluded: no demonstration for " + ", ".join(rt.unavailable[q.qid])

@@ -66,11 +66,27 @@ class PathScores:
 # --- chunk plumbing --------------------------------------------------------------------------
 
 
+def _checked(it: Iterator[torch.Tensor], who: str) -> Iterator[torch.Tensor]:
+    """Refuse NaN or +inf log-probabilities (-inf is a legitimate zero probability)."""
+    start = 0
+    for chunk in it:
+        bad = torch.isnan(chunk) | torch.isposinf(chunk)
+        if bool(bad.any()):
+            row = start + int(bad.any(dim=-1).nonzero()[0, 0])
+            raise ModelError(f"the {who} returned NaN/inf log-probabilities at response "
+                             f"position {row}: the model's weights or inputs are broken "
+                             f"(try float32 instead of float16)")
+        start += int(chunk.shape[0])
+        yield chunk
+
+
 def _zip_chunks(
     s_it: Iterator[torch.Tensor], t_it: Iterator[torch.Tensor] | None
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
     """(start, student chunk, teacher chunk) of equal lengths, even when the two backends cut
     their chunks at different places."""
+    s_it = _checked(s_it, "student")
+    t_it = _checked(t_it, "teacher") if t_it is not None else None
     start = 0
     t_buf: torch.Tensor | None = None
     for s in s_it:

@@ -103,7 +103,7 @@ def pass_rates(
             )
             for q in chunk
         ]
-        for q, comps in zip(chunk, model.sample(reqs, params)):
+        for q, comps in zip(chunk, model.sample(reqs, params), strict=True):
             n_correct = sum(int(task.verify(q, c.text).reward >= 1.0) for c in comps)
             out[q.qid] = (len(comps), n_correct)
         if progress is not None:
@@ -125,7 +125,7 @@ def analysis_questions(
     """Question ids with baseline pass rate > 0 and (when required) a correct demo under every
     source in `correct_demo` (source -> qids with one)."""
     base = screen[screen["variant"] == BASELINE]
-    keep = [qid for qid, p in zip(base["qid"], base["pass_rate"]) if p > 0]
+    keep = [qid for qid, p in zip(base["qid"], base["pass_rate"], strict=True) if p > 0]
     if require_all_sources:
         keep = [qid for qid in keep if all(qid in s for s in correct_demo.values())]
     return keep
@@ -147,7 +147,7 @@ def table7(qids: Sequence[str], correct_demo: Mapping[str, set[str]]) -> pd.Data
 def _rates(screen: pd.DataFrame, variant: str, qids: Sequence[str]) -> dict[str, float]:
     s = screen[(screen["variant"] == variant) & screen["available"] & (screen["n"] > 0)]
     wanted = set(qids)
-    return {q: p for q, p in zip(s["qid"], s["pass_rate"]) if q in wanted}
+    return {q: p for q, p in zip(s["qid"], s["pass_rate"], strict=True) if q in wanted}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -313,7 +313,7 @@ def run_screen(
     # 3. analysis set, then the variants on it
     rows = [_row(q.qid, BASELINE, *base[q.qid], True) for q in questions]
     screen = pd.DataFrame(rows)
-    bins = {q: difficulty(p) for q, p in zip(screen["qid"], screen["pass_rate"])}
+    bins = {q: difficulty(p) for q, p in zip(screen["qid"], screen["pass_rate"], strict=True)}
     keep = analysis_questions(screen, correct_demo, cfg_s.require_all_sources)
     keep_set = set(keep)
     missing: list[DemoUnavailable] = []

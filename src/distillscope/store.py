@@ -33,6 +33,8 @@ import yaml
 from distillscope.config import ConfigError, RunConfig, parse_config
 from distillscope.schemas import SCHEMAS
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _UNIT_RE = re.compile(r"^[A-Za-z0-9_.=+-]+(/[A-Za-z0-9_.=+-]+)*$")
 
 
@@ -64,6 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -1,4 +1,4 @@
-"""Teacher contexts: prompt layouts (figures 13-15), requirements, the DemoBank with a fake model."""
+"""Teacher contexts: prompt layouts (figures 13-15), requirements, the DemoBank (fake model)."""
 
 from __future__ import annotations
 

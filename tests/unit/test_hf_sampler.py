@@ -42,9 +42,7 @@ def tok():
     vocab["<eos>"] = EOS
     vocab["<unk>"] = EOS + 1
     tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = tokenizers.pre_tokenizers.Split(
-        tokenizers.Regex("."), behavior="isolated"
-    )
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Split(tokenizers.Regex("."), behavior="isolated")
     tk.decoder = tokenizers.decoders.Fuse()
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tk, eos_token="<eos>", unk_token="<unk>"
@@ -134,6 +132,19 @@ def test_temperature_flattens_and_zero_is_greedy():
     assert torch.bincount(tok, minlength=2).tolist() == [571, 429]  # sqrt(.64):sqrt(.36)
     tok, _ = draw_tokens(p.log().expand(1000, 2), u, temperature=0.0, top_p=1.0)
     assert set(tok.tolist()) == {0}
+
+
+def test_two_level_search_draws_what_the_flat_cdf_draws():
+    """Large vocabularies search block sums, then one block: the same inverse CDF."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 128 * 16, generator=gen) * 3
+    u = torch.rand(64, generator=gen)
+    blocked, ok = draw_tokens(logits, u, temperature=1.0, top_p=1.0)
+    cdf = torch.softmax(logits.double(), -1).cumsum(-1)
+    flat = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True).squeeze(1)
+    assert torch.equal(blocked, flat) and bool(ok.all())
+    logits[3, 5] = float("nan")
+    assert draw_tokens(logits, u, 1.0, 1.0)[1].tolist() == [i != 3 for i in range(64)]
 
 
 def test_non_finite_logits_are_flagged():

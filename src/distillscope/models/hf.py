@@ -142,14 +142,30 @@ def draw_tokens(
     logits_B_V: torch.Tensor, u_B: torch.Tensor, temperature: float, top_p: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse-CDF draw of one token per row with the row's uniform. Returns (tokens_B,
-    finite_B); finite is False where the logits held NaN/+inf. temperature <= 0: argmax."""
+    finite_B); finite is False where the logits held NaN/+inf. temperature <= 0: argmax.
+
+    Without top-p and with a vocabulary in blocks of 128, the CDF is searched in two levels
+    (block sums, then within the block): the same draw, without a (B x V) scan."""
     if temperature <= 0:
         val_B, tok_B = logits_B_V.max(dim=-1)
         return tok_B, torch.isfinite(val_B)
-    x_B_V = logits_B_V.float()
     if temperature != 1.0:
-        x_B_V = x_B_V / temperature
-    p_B_V = torch.softmax(x_B_V, dim=-1)
+        logits_B_V = logits_B_V.float() / temperature
+    p_B_V = torch.softmax(logits_B_V, dim=-1, dtype=torch.float32)
+    n_rows, V = p_B_V.shape
+    u_B1 = u_B.reshape(-1, 1)
+    if top_p >= 1.0 and V % _BLOCK == 0 and V >= 8 * _BLOCK:
+        p_B_N_b = p_B_V.view(n_rows, V // _BLOCK, _BLOCK)
+        cdf_B_N = p_B_N_b.sum(dim=-1).cumsum(dim=-1)
+        total_B1 = cdf_B_N[:, -1:]
+        target_B1 = u_B1 * total_B1
+        blk_B1 = torch.searchsorted(cdf_B_N, target_B1, right=True).clamp_(max=V // _BLOCK - 1)
+        before_B1 = torch.where(blk_B1 > 0, cdf_B_N.gather(1, (blk_B1 - 1).clamp_(min=0)), 0.0)
+        inner_B_b = p_B_N_b.gather(1, blk_B1[:, :, None].expand(-1, 1, _BLOCK)).squeeze(1)
+        cdf_B_b = inner_B_b.cumsum(dim=-1)
+        j_B1 = torch.searchsorted(cdf_B_b, target_B1 - before_B1, right=True)
+        tok_B = (blk_B1 * _BLOCK + j_B1.clamp_(max=_BLOCK - 1)).squeeze(1)
+        return tok_B, torch.isfinite(total_B1.squeeze(1))
     idx_B_V = None
     if top_p < 1.0:
         p_B_V, idx_B_V = p_B_V.sort(dim=-1, descending=True)
@@ -157,10 +173,12 @@ def draw_tokens(
         p_B_V = p_B_V.masked_fill(before_B_V >= top_p, 0.0)  # the first token always stays
     cdf_B_V = p_B_V.cumsum(dim=-1)
     total_B1 = cdf_B_V[:, -1:]
-    j_B1 = torch.searchsorted(cdf_B_V, u_B.reshape(-1, 1) * total_B1, right=True)
-    j_B1 = j_B1.clamp_(max=cdf_B_V.shape[-1] - 1)
+    j_B1 = torch.searchsorted(cdf_B_V, u_B1 * total_B1, right=True).clamp_(max=V - 1)
     tok_B = (j_B1 if idx_B_V is None else idx_B_V.gather(1, j_B1)).squeeze(1)
     return tok_B, torch.isfinite(total_B1.squeeze(1))
+
+
+_BLOCK = 128
 
 
 @dataclass
@@ -196,38 +214,86 @@ class _State:
 # --- the Llama-family decode runner ----------------------------------------------------------
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rot = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rot * sin
-
-
-def _attend(
-    q_X_K_R_D: torch.Tensor, k_X_K_S_D: torch.Tensor, v_X_K_S_D: torch.Tensor, mask, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of R query rows per (X, K) over S keys: (out float32 (X,K,R,D), lse (X,K,R,1)).
-    Every row must see at least one key."""
-    s = torch.matmul(q_X_K_R_D, k_X_K_S_D.transpose(-1, -2)).float() * scale
-    s = s.masked_fill(~mask, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1, keepdim=True)
-    p = torch.exp(s - lse)
-    return torch.matmul(p.to(v_X_K_S_D.dtype), v_X_K_S_D).float(), lse
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin, with rotate_half(x) * sin = roll(x) * sin_signed."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), sin_signed)
 
 
 @dataclass
 class _KV:
-    """Static KV buffers of a batch: per layer, prefix (Gp, K, L, D) and suffix (B, K, S, D)."""
+    """Static KV buffers of a batch, per layer. Slots are (group, sample); Gp prefix entries
+    (groups with cascade, slots without), n = slots per entry.
+    prefix keys/values (Gp*K, L, D); suffix keys/values (Gp, K, n, S, D)."""
 
     pre_k: list[torch.Tensor]
     pre_v: list[torch.Tensor]
-    pre_mask: torch.Tensor  # bool (Gp, 1, 1, L)
+    pre_bias: torch.Tensor  # (Gp*K, 1, L): 0 where the prefix has a token, -inf after its end
     suf_k: list[torch.Tensor]
     suf_v: list[torch.Tensor]
-    per_group: int  # query slots per prefix entry: n_max (cascade) or 1 (copies)
+    per_group: int
+
+
+@dataclass
+class _Layer:
+    """One decoder layer's weights, q/k/v and gate/up each in one matrix."""
+
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    eps1: float
+    eps2: float
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor | None
+    qk_norm_w: torch.Tensor | None  # (H + K, D)
+    qk_eps: float
+    o_w: torch.Tensor
+    o_b: torch.Tensor | None
+    gate_up_w: torch.Tensor
+    down_w: torch.Tensor
+    act: Any
+
+
+def _fuse(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for several Linear layers on the same input. The layers' own
+    weights become views into it, so values and memory use do not change (a second call finds
+    them already adjacent and only returns the view)."""
+    ws = [lin.weight for lin in linears]
+    rows = sum(w.shape[0] for w in ws)
+    adjacent = all(w.is_contiguous() for w in ws) and all(
+        b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+        for a, b in zip(ws, ws[1:], strict=False)
+    )
+    if adjacent:
+        first = ws[0].data
+        w = first.new_empty(0).set_(
+            first.untyped_storage(), first.storage_offset(), (rows, first.shape[1])
+        )
+    else:
+        w = torch.cat([x.data for x in ws])
+        start = 0
+        for lin in linears:
+            lin.weight.data = w[start : start + lin.weight.shape[0]]
+            start += lin.weight.shape[0]
+    if all(lin.bias is None for lin in linears):
+        return w, None
+    biases = [
+        lin.bias.data if lin.bias is not None else w.new_zeros(lin.weight.shape[0])
+        for lin in linears
+    ]
+    return w, torch.cat(biases)
+
+
+def _eps(norm: Any) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
 
 class _Runner:
-    """Prefill and decode steps of a Llama-family model, on the model's own modules."""
+    """Prefill and decode steps of a Llama-family model, on the model's own weights.
+
+    Decode is written for few GPU kernels per layer (about 26): fused RMSNorm, one q/k/v and
+    one gate/up matrix product (`_fuse`), RoPE as one addcmul, residual adds folded into
+    addmm, and one softmax over the concatenated prefix and suffix scores (cascade
+    attention without log-sum-exp merging: the scores of the shared prefix come from one
+    matrix product per (group, kv head) with all of the group's queries as rows)."""
 
     TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -243,99 +309,143 @@ class _Runner:
             return False
         if cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None):
             return False
+        if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish"):
+            return False
         return getattr(base.rotary_emb, "rope_type", "default") not in ("dynamic", "longrope")
 
     def __init__(self, model: Any, max_positions: int) -> None:
         base = model.base_model
         cfg = model.config
         self.embed = base.embed_tokens
-        self.layers = list(base.layers)[: cfg.num_hidden_layers]
-        self.norm = base.norm
+        self.norm_w, self.norm_eps = base.norm.weight, _eps(base.norm)
         self.lm_head = model.get_output_embeddings()
-        attn = self.layers[0].self_attn
+        attn = base.layers[0].self_attn
         self.H = cfg.num_attention_heads
         self.K = cfg.num_key_value_heads
         self.R = self.H // self.K
         self.D = attn.head_dim
+        self.hidden = cfg.hidden_size
         self.scale = float(attn.scaling)
-        self.qk_norm = hasattr(attn, "q_norm")
+        self.layers = [self._layer(layer) for layer in list(base.layers)[: cfg.num_hidden_layers]]
         weight = self.embed.weight
         self.device, self.dtype = weight.device, weight.dtype
         pos = torch.arange(max_positions, device=self.device)[None]
-        cos, sin = base.rotary_emb(weight[:1], pos)
-        self.cos_P_D, self.sin_P_D = cos[0].to(self.dtype), sin[0].to(self.dtype)
+        with torch.no_grad():
+            cos, sin = base.rotary_emb(weight[:1], pos)
+        half = self.D // 2
+        self.cos_P_D = cos[0].to(self.dtype)
+        sin = sin[0].to(self.dtype)
+        self.sin_P_D = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
+
+    def _layer(self, layer: Any) -> _Layer:
+        a, mlp = layer.self_attn, layer.mlp
+        qkv_w, qkv_b = _fuse([a.q_proj, a.k_proj, a.v_proj])
+        gate_up_w, gate_up_b = _fuse([mlp.gate_proj, mlp.up_proj])
+        if gate_up_b is not None or getattr(mlp.down_proj, "bias", None) is not None:
+            raise ModelError("the fast runner does not handle MLP biases")
+        qk_norm_w, qk_eps = None, 1e-6
+        if hasattr(a, "q_norm"):
+            qk_norm_w = torch.cat(
+                [a.q_norm.weight.expand(self.H, -1), a.k_norm.weight.expand(self.K, -1)]
+            )
+            qk_eps = _eps(a.q_norm)
+        return _Layer(
+            ln1=layer.input_layernorm.weight,
+            ln2=layer.post_attention_layernorm.weight,
+            eps1=_eps(layer.input_layernorm),
+            eps2=_eps(layer.post_attention_layernorm),
+            qkv_w=qkv_w,
+            qkv_b=qkv_b,
+            qk_norm_w=qk_norm_w,
+            qk_eps=qk_eps,
+            o_w=a.o_proj.weight,
+            o_b=a.o_proj.bias,
+            gate_up_w=gate_up_w,
+            down_w=mlp.down_proj.weight,
+            act=mlp.act_fn,
+        )
 
     def kv_bytes_per_token(self) -> int:
         return len(self.layers) * 2 * self.K * self.D * torch.finfo(self.dtype).bits // 8
 
-    def _qkv(self, layer: Any, h: torch.Tensor, shape: tuple[int, ...]):
-        a = layer.self_attn
-        q = a.q_proj(h).view(*shape, self.H, self.D)
-        k = a.k_proj(h).view(*shape, self.K, self.D)
-        v = a.v_proj(h).view(*shape, self.K, self.D)
-        if self.qk_norm:
-            q, k = a.q_norm(q), a.k_norm(k)
-        return q, k, v
+    def _attn_in(self, ly: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x (..., hidden) -> q (..., H, D), k (..., K, D), v (..., K, D), RoPE applied."""
+        h = F.rms_norm(x, (self.hidden,), ly.ln1, ly.eps1)
+        qkv = F.linear(h, ly.qkv_w, ly.qkv_b)
+        split = (self.H + self.K) * self.D
+        qk = qkv[..., :split].unflatten(-1, (self.H + self.K, self.D))
+        v = qkv[..., split:].unflatten(-1, (self.K, self.D))
+        if ly.qk_norm_w is not None:
+            qk = F.rms_norm(qk, (self.D,), None, ly.qk_eps) * ly.qk_norm_w
+        qk = _rope(qk, cos, sin)
+        return qk[..., : self.H, :], qk[..., self.H :, :], v
+
+    def _attn_out(self, ly: _Layer, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Residual + o_proj, then residual + MLP. x, o: (N, hidden), (N, H*D)."""
+        x = torch.addmm(x, o, ly.o_w.t()) if ly.o_b is None else x + F.linear(o, ly.o_w, ly.o_b)
+        gu = F.linear(F.rms_norm(x, (self.hidden,), ly.ln2, ly.eps2), ly.gate_up_w)
+        inter = gu.shape[-1] // 2
+        return torch.addmm(x, ly.act(gu[:, :inter]) * gu[:, inter:], ly.down_w.t())
 
     def prefill(self, ids_L: torch.Tensor):
         """One prefix: per-layer keys and values (K, L, D) and the last position's logits (V)."""
         L = ids_L.shape[0]
-        x = self.embed(ids_L[None])
+        x = self.embed(ids_L)
         cos, sin = self.cos_P_D[:L][:, None], self.sin_P_D[:L][:, None]  # (L, 1, D)
         ks, vs = [], []
-        for layer in self.layers:
-            q, k, v = self._qkv(layer, layer.input_layernorm(x), (1, L))
-            q, k = _rope(q, cos, sin).transpose(1, 2), _rope(k, cos, sin).transpose(1, 2)
-            v = v.transpose(1, 2)
-            ks.append(k[0])
-            vs.append(v[0])
-            kr = k.repeat_interleave(self.R, dim=1)
-            vr = v.repeat_interleave(self.R, dim=1)
+        for ly in self.layers:
+            q, k, v = self._attn_in(ly, x, cos, sin)
+            q, k, v = q.transpose(0, 1)[None], k.transpose(0, 1), v.transpose(0, 1)
+            ks.append(k)
+            vs.append(v)
+            kr = k.repeat_interleave(self.R, dim=0)[None]
+            vr = v.repeat_interleave(self.R, dim=0)[None]
             o = F.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=self.scale)
-            x = x + layer.self_attn.o_proj(o.transpose(1, 2).reshape(1, L, self.H * self.D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return ks, vs, self.lm_head(self.norm(x[0, -1:]))[0]
+            x = self._attn_out(ly, x, o[0].transpose(0, 1).reshape(L, self.H * self.D))
+        last = F.rms_norm(x[-1:], (self.hidden,), self.norm_w, self.norm_eps)
+        return ks, vs, self.lm_head(last)[0]
 
     def decode(self, st: _State, kv: _KV, upto: int) -> torch.Tensor:
         """One decode step for every slot (no host sync): logits (B, V) of the next token.
-        The input token out[:, step-1] sits at suffix slot step-1; slots >= upto are unread."""
+        The input token out[:, step-1] goes to suffix slot step-1; slots >= upto are unread."""
         slot = st.step - 1
         tok_B = st.last_tokens()
         B = tok_B.shape[0]
+        n, K, R, D = kv.per_group, self.K, self.R, self.D
+        Gp = B // n
+        L = kv.pre_k[0].shape[1]
         pos_B = (st.pos0_B + slot).clamp_(max=self.cos_P_D.shape[0] - 1)
         cos, sin = self.cos_P_D[pos_B][:, None], self.sin_P_D[pos_B][:, None]  # (B, 1, D)
-        valid_S = torch.arange(upto, device=self.device) < st.step
-        n = kv.per_group
-        Gp = B // n
+        bias_1_1_U = torch.zeros(1, 1, upto, dtype=self.dtype, device=self.device)
+        bias_1_1_U.masked_fill_(torch.arange(upto, device=self.device) >= st.step, float("-inf"))
         x = self.embed(tok_B)
-        for li, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, layer.input_layernorm(x), (B,))
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-            kv.suf_k[li].index_copy_(2, slot, k[:, :, None])
-            kv.suf_v[li].index_copy_(2, slot, v[:, :, None])
-            q_B_K_R_D = q.view(B, self.K, self.R, self.D)
-            # prefix: the n queries of a group against its one prefix copy
-            q_G_K_nR_D = (
-                q_B_K_R_D.view(Gp, n, self.K, self.R, self.D)
-                .transpose(1, 2)
-                .reshape(Gp, self.K, n * self.R, self.D)
+        for li, ly in enumerate(self.layers):
+            q, k, v = self._attn_in(ly, x, cos, sin)
+            # new key/value into suffix slot `slot`: buffers are (Gp, K, n, S, D)
+            kv.suf_k[li].index_copy_(3, slot, k.reshape(Gp, n, K, 1, D).transpose(1, 2))
+            kv.suf_v[li].index_copy_(3, slot, v.reshape(Gp, n, K, 1, D).transpose(1, 2))
+            q_G_K_n_R_D = q.reshape(Gp, n, K, R, D).transpose(1, 2).contiguous()
+            # scores: the group's n*R query rows against its one prefix, each sample's R rows
+            # against its own suffix; one softmax over both
+            s_pre = torch.baddbmm(
+                kv.pre_bias,
+                q_G_K_n_R_D.view(Gp * K, n * R, D),
+                kv.pre_k[li].transpose(1, 2),
+                alpha=self.scale,
             )
-            o1, l1 = _attend(q_G_K_nR_D, kv.pre_k[li], kv.pre_v[li], kv.pre_mask, self.scale)
-            o1 = (
-                o1.view(Gp, self.K, n, self.R, self.D)
-                .transpose(1, 2)
-                .reshape(B, self.K, self.R, -1)
+            ks = kv.suf_k[li][:, :, :, :upto].reshape(Gp * K * n, upto, D)
+            vs = kv.suf_v[li][:, :, :, :upto].reshape(Gp * K * n, upto, D)
+            s_suf = torch.baddbmm(
+                bias_1_1_U, q_G_K_n_R_D.view(Gp * K * n, R, D), ks.transpose(1, 2), alpha=self.scale
             )
-            l1 = l1.view(Gp, self.K, n, self.R, 1).transpose(1, 2).reshape(B, self.K, self.R, 1)
-            # suffix: each sample's own generated tokens
-            ks, vs = kv.suf_k[li][:, :, :upto], kv.suf_v[li][:, :, :upto]
-            o2, l2 = _attend(q_B_K_R_D, ks, vs, valid_S, self.scale)
-            m = torch.maximum(l1, l2)
-            w1, w2 = torch.exp(l1 - m), torch.exp(l2 - m)
-            o = ((o1 * w1 + o2 * w2) / (w1 + w2)).to(self.dtype)
-            x = x + layer.self_attn.o_proj(o.reshape(B, self.H * self.D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return self.lm_head(self.norm(x))
+            s = torch.cat([s_pre.view(Gp, K, n, R, L), s_suf.view(Gp, K, n, R, upto)], dim=-1)
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(self.dtype)
+            o = torch.bmm(p[..., :L].reshape(Gp * K, n * R, L), kv.pre_v[li]).view(Gp, K, n, R, D)
+            o_suf = torch.bmm(p[..., L:].reshape(Gp * K * n, R, upto), vs)
+            o = (o + o_suf.view(Gp, K, n, R, D)).transpose(1, 2).reshape(B, self.H * D)
+            x = self._attn_out(ly, x, o)
+        x = F.rms_norm(x, (self.hidden,), self.norm_w, self.norm_eps)
+        return self.lm_head(x)
 
 
 # --- the model -------------------------------------------------------------------------------
@@ -586,12 +696,12 @@ class HFModel:
         t0 = time.perf_counter()
         prefixes = [requests[job.req].prefix_ids for job in batch]
         Lmax = max(len(p) for p in prefixes)
-        n_layers = len(run.layers)
-        shape = (G, run.K, Lmax, run.D)
-        pre_k = [torch.zeros(shape, dtype=run.dtype, device=run.device) for _ in range(n_layers)]
-        pre_v = [torch.zeros(shape, dtype=run.dtype, device=run.device) for _ in range(n_layers)]
+        n_layers, K, D = len(run.layers), run.K, run.D
+        new = {"dtype": run.dtype, "device": run.device}
+        pre_k = [torch.zeros(G, K, Lmax, D, **new) for _ in range(n_layers)]
+        pre_v = [torch.zeros(G, K, Lmax, D, **new) for _ in range(n_layers)]
         lengths = torch.tensor([len(p) for p in prefixes], device=run.device)
-        pre_mask = (torch.arange(Lmax, device=run.device)[None] < lengths[:, None])[:, None, None]
+        pad_G_L = torch.arange(Lmax, device=run.device)[None] >= lengths[:, None]
         first = []
         for g, prefix in enumerate(prefixes):
             ids = torch.tensor(prefix, dtype=torch.long, device=run.device)
@@ -600,20 +710,22 @@ class HFModel:
                 pre_k[li][g, :, : len(prefix)] = ks[li]
                 pre_v[li][g, :, : len(prefix)] = vs[li]
             first.append(logits_V)
-        per_group = n
+        per_group, Gp = n, G
         if not self.cascade:  # one prefix copy per slot
             slot_group = torch.arange(G, device=run.device).repeat_interleave(n)
             pre_k = [k.index_select(0, slot_group) for k in pre_k]
             pre_v = [v.index_select(0, slot_group) for v in pre_v]
-            pre_mask = pre_mask.index_select(0, slot_group)
-            per_group = 1
-        suf = (B, run.K, max(S - 1, 1), run.D)
+            pad_G_L = pad_G_L.index_select(0, slot_group)
+            per_group, Gp = 1, B
+        pre_bias = torch.zeros(Gp, K, 1, Lmax, **new)
+        pre_bias.masked_fill_(pad_G_L[:, None, None], float("-inf"))
+        suf = (Gp, K, per_group, max(S - 1, 1), D)
         kv = _KV(
-            pre_k,
-            pre_v,
-            pre_mask,
-            [torch.zeros(suf, dtype=run.dtype, device=run.device) for _ in range(n_layers)],
-            [torch.zeros(suf, dtype=run.dtype, device=run.device) for _ in range(n_layers)],
+            [k.view(Gp * K, Lmax, D) for k in pre_k],
+            [v.view(Gp * K, Lmax, D) for v in pre_v],
+            pre_bias.view(Gp * K, 1, Lmax),
+            [torch.zeros(suf, **new) for _ in range(n_layers)],
+            [torch.zeros(suf, **new) for _ in range(n_layers)],
             per_group,
         )
         st = self._new_state(B, S, params)

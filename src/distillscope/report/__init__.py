@@ -92,7 +92,7 @@ TABLES: dict[str, tuple[str, str, list]] = {
         "Dr. GRPO uses only the rollouts through each node, so it shows how far finite-sample "
         "RL is from the ideal direction.",
         [C("teacher", "Teacher", "s"), C("method", "Method", "s"), C("n_pairs", "Pairs", "d"),
-         C("mean_method", "Method", "+3"), C("mean_drgrpo", "Dr. GRPO", "+3"),
+         C("mean_method", "Align (method)", "+3"), C("mean_drgrpo", "Align (Dr. GRPO)", "+3"),
          C("mean_diff", "Diff.", "+3"), C("ci_low|ci_high", "95% CI", "+3"),
          C("frac_method_better", "Frac. method better", "3")],
     ),
