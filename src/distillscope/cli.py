@@ -67,11 +67,14 @@ def _print_ranking(run_dir: Path) -> None:
         console.print("[yellow]no decision points were found: no teacher ranking[/]")
         return
     rank = analysis.teacher_ranking(nodes, method="gkd")
-    table = Table(title="Teacher ranking (GKD alignment, 95% CI, question-clustered bootstrap)")
-    for col in rank.columns:
-        table.add_column(str(col))
-    for row in rank.itertuples(index=False):
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    table = Table(title="Teacher ranking: mean GKD alignment with the ideal gradient\n"
+                        "(95% CI: bootstrap over questions)")
+    for col in ("rank", "teacher", "mean", "95% CI", "nodes", "questions", "beats next?"):
+        table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=True)
+    for r in rank.itertuples(index=False):
+        table.add_row(str(r.rank), str(r.teacher), f"{r.mean:+.3f}",
+                      f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]", str(r.n_nodes), str(r.n_questions),
+                      "yes" if r.separated else "no")
     Console().print(table)
 
 

@@ -258,7 +258,10 @@ def _fuse(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
     them already adjacent and only returns the view)."""
     ws = [lin.weight for lin in linears]
     rows = sum(w.shape[0] for w in ws)
-    adjacent = all(w.is_contiguous() for w in ws) and all(
+    storage = ws[0].untyped_storage().data_ptr()
+    adjacent = all(
+        w.is_contiguous() and w.untyped_storage().data_ptr() == storage for w in ws
+    ) and all(
         b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
         for a, b in zip(ws, ws[1:], strict=False)
     )
