@@ -76,9 +76,9 @@ class AdaptiveSettings:
     n_start: int  # chosen children are first enriched to this (N_sig)
     n_sig: int
     round_size: int = 20
-    ci_halfwidth: float = 0.1
+    ci_halfwidth: float = 0.05
     max_child: int = 200
-    min_gain: float = 0.0
+    min_gain: float = 1e-4
 
     @classmethod
     def from_config(cls, config: Any) -> AdaptiveSettings:
@@ -88,9 +88,9 @@ class AdaptiveSettings:
             n_start=int(t.n_sig),
             n_sig=int(t.n_sig),
             round_size=int(getattr(t, "adaptive_round", 20)),
-            ci_halfwidth=float(getattr(t, "adaptive_ci", 0.1)),
+            ci_halfwidth=float(getattr(t, "adaptive_ci", 0.05)),
             max_child=int(max_child if max_child is not None else 2 * t.n_min),
-            min_gain=float(getattr(t, "adaptive_gain", 0.0)),
+            min_gain=float(getattr(t, "adaptive_gain", 1e-4)),
         )
 
 

@@ -69,14 +69,16 @@ __all__ = [
     "ray_models",
     "run_on_ray",
     "scoring_spec",
+    "spec_key",
     "split_balanced",
 ]
 
 RAY_MISSING = "Ray is not installed: pip install 'distillscope[ray]'"
 
 
-class WorkerLostError(RuntimeError):
-    """A shard could not be computed: its actors kept dying (more than `max_retries`)."""
+class WorkerLostError(ModelError):
+    """A shard could not be computed: its actors kept dying (more than `max_retries`). The
+    store holds every committed unit; running the same command again resumes."""
 
 
 def _import_ray():
@@ -255,7 +257,8 @@ class WorkerPool:
                 if tries[i] > self.max_retries:
                     raise WorkerLostError(
                         f"ray: shard {i} of '{method}' lost its worker {tries[i]} times; "
-                        f"giving up (last error: {type(err).__name__}: {err})"
+                        f"giving up (last error: {type(err).__name__}); committed work is "
+                        f"kept: run the same command again to resume"
                     ) from err
                 self._replace(slot, actor)
                 self.stats["resubmitted"] += 1
@@ -380,7 +383,8 @@ class RayModel:
 # ---------------------------------------------------------------------------------------------
 # The run
 def _model_specs(config: RunConfig, out: str | Path) -> list[ModelSpec]:
-    """Student first, then every external teacher, including those of a run being resumed."""
+    """Student first, then every other model the run may load: external teachers (those of a
+    run being resumed too), demonstration sources and the summariser."""
     from distillscope.store import RunStore, StoreError
 
     teachers = list(config.teachers)
@@ -389,9 +393,11 @@ def _model_specs(config: RunConfig, out: str | Path) -> list[ModelSpec]:
         with contextlib.suppress(StoreError):  # pipeline.run reports it
             teachers += store.load_config().teachers
     specs = {spec_key(config.student): config.student}
-    for t in teachers:
-        if t.mode == "external" and t.model is not None:
-            specs.setdefault(spec_key(t.model), t.model)
+    others = [t.model if t.mode == "external" else None for t in teachers]
+    others += [t.source for t in teachers] + [config.context.summarizer]
+    for spec in others:
+        if spec is not None:
+            specs.setdefault(spec_key(spec), spec)
     return list(specs.values())
 
 

@@ -637,7 +637,7 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
             raise StoreError(f"{out}: the shared tree is not complete ({len(missing)} question(s) "
                              f"without targeted rollouts, e.g. {missing[0]}); finish it with "
                              f"'distillscope run' or 'distillscope rollout' first")
-    phase0(rt)
+    phase0(rt, models)
     with rt.timer("phase1"):
         plans = []
         with rt.reporter.bar("phase 1: initial rollouts", len(rt.questions) * config.tree.G,

@@ -144,6 +144,8 @@ class RunStore:
             probe.unlink()
         except OSError as err:
             raise _wrap_os_error(err, self.dir) from None
+        for tmp in [*self.dir.glob("**/.*.tmp")]:
+            tmp.unlink(missing_ok=True)  # leftovers of a write killed before its rename
         if self.exists():
             stored = self.load_config()
             if stored.fingerprint() != config.fingerprint() and not force:

@@ -17,6 +17,7 @@ import pytest
 
 from distillscope import distributed as D
 from distillscope.config import RunConfig, load_config
+from distillscope.models.base import ModelError
 from distillscope.models.registry import load_model
 from distillscope.pipeline import run
 from distillscope.scoring import score_path
@@ -180,6 +181,18 @@ def test_a_shard_whose_workers_keep_dying_fails_clearly(ray_cluster):
             pool.call("load", [])
         pool.max_retries = 1  # the replacement started by the failure above serves the retry
         assert pool.call("load", []) and pool.stats["replaced"] == 1
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
+def test_a_model_error_on_a_worker_reaches_the_driver_as_is(ray_cluster):
+    bad = small_config().student.model_copy(update={"options": {"tilt": "sideways"}})
+    pool = D.WorkerPool(1, num_cpus=1)
+    try:
+        with pytest.raises(ModelError, match="tilt"):
+            pool.call("load", [D.spec_key(bad)])
+        assert pool.stats["resubmitted"] == 0  # a bad model is not a lost worker
     finally:
         pool.shutdown()
 

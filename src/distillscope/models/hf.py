@@ -227,7 +227,7 @@ class _KV:
 
     pre_k: list[torch.Tensor]
     pre_v: list[torch.Tensor]
-    pre_bias: torch.Tensor  # (Gp*K, 1, L): 0 where the prefix has a token, -inf after its end
+    pre_pad: torch.Tensor | None  # bool (Gp, 1, 1, 1, L): past the prefix's end; None: no pad
     suf_k: list[torch.Tensor]
     suf_v: list[torch.Tensor]
     per_group: int
@@ -292,11 +292,12 @@ def _eps(norm: Any) -> float:
 class _Runner:
     """Prefill and decode steps of a Llama-family model, on the model's own weights.
 
-    Decode is written for few GPU kernels per layer (about 26): fused RMSNorm, one q/k/v and
+    Decode is written for few GPU kernels per layer (about 25): fused RMSNorm, one q/k/v and
     one gate/up matrix product (`_fuse`), RoPE as one addcmul, residual adds folded into
-    addmm, and one softmax over the concatenated prefix and suffix scores (cascade
-    attention without log-sum-exp merging: the scores of the shared prefix come from one
-    matrix product per (group, kv head) with all of the group's queries as rows)."""
+    addmm, and cascade attention as one softmax over one score buffer: the shared prefix's
+    scores come from one matrix product per (group, kv head) with all of the group's queries
+    as rows, each sample's suffix scores from its own, both written in place (no log-sum-exp
+    merge, no concatenation)."""
 
     TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -419,34 +420,34 @@ class _Runner:
         L = kv.pre_k[0].shape[1]
         pos_B = (st.pos0_B + slot).clamp_(max=self.cos_P_D.shape[0] - 1)
         cos, sin = self.cos_P_D[pos_B][:, None], self.sin_P_D[pos_B][:, None]  # (B, 1, D)
-        bias_1_1_U = torch.zeros(1, 1, upto, dtype=self.dtype, device=self.device)
-        bias_1_1_U.masked_fill_(torch.arange(upto, device=self.device) >= st.step, float("-inf"))
+        invalid_U = torch.arange(upto, device=self.device) >= st.step
         x = self.embed(tok_B)
         for li, ly in enumerate(self.layers):
             q, k, v = self._attn_in(ly, x, cos, sin)
             # new key/value into suffix slot `slot`: buffers are (Gp, K, n, S, D)
             kv.suf_k[li].index_copy_(3, slot, k.reshape(Gp, n, K, 1, D).transpose(1, 2))
             kv.suf_v[li].index_copy_(3, slot, v.reshape(Gp, n, K, 1, D).transpose(1, 2))
-            q_G_K_n_R_D = q.reshape(Gp, n, K, R, D).transpose(1, 2).contiguous()
-            # scores: the group's n*R query rows against its one prefix, each sample's R rows
-            # against its own suffix; one softmax over both
-            s_pre = torch.baddbmm(
-                kv.pre_bias,
-                q_G_K_n_R_D.view(Gp * K, n * R, D),
+            q = (q.reshape(Gp, n, K, R, D) * self.scale).transpose(1, 2).contiguous()
+            # scores (Gp, K, n, R, L + upto): the group's n*R query rows against its one
+            # prefix in one product, each sample's R rows against its own suffix; one softmax
+            s = torch.empty(Gp, K, n, R, L + upto, dtype=self.dtype, device=self.device)
+            s_pre, s_suf = s[..., :L], s[..., L:]
+            torch.bmm(
+                q.view(Gp * K, n * R, D),
                 kv.pre_k[li].transpose(1, 2),
-                alpha=self.scale,
+                out=s_pre.view(Gp * K, n * R, L),
             )
             ks = kv.suf_k[li][:, :, :, :upto].reshape(Gp * K * n, upto, D)
             vs = kv.suf_v[li][:, :, :, :upto].reshape(Gp * K * n, upto, D)
-            s_suf = torch.baddbmm(
-                bias_1_1_U, q_G_K_n_R_D.view(Gp * K * n, R, D), ks.transpose(1, 2), alpha=self.scale
-            )
-            s = torch.cat([s_pre.view(Gp, K, n, R, L), s_suf.view(Gp, K, n, R, upto)], dim=-1)
-            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(self.dtype)
-            o = torch.bmm(p[..., :L].reshape(Gp * K, n * R, L), kv.pre_v[li]).view(Gp, K, n, R, D)
-            o_suf = torch.bmm(p[..., L:].reshape(Gp * K * n, R, upto), vs)
-            o = (o + o_suf.view(Gp, K, n, R, D)).transpose(1, 2).reshape(B, self.H * D)
-            x = self._attn_out(ly, x, o)
+            torch.bmm(q.view(Gp * K * n, R, D), ks.transpose(1, 2), out=s_suf.view(-1, R, upto))
+            s_suf.masked_fill_(invalid_U, float("-inf"))
+            if kv.pre_pad is not None:
+                s_pre.masked_fill_(kv.pre_pad, float("-inf"))
+            p = torch.softmax(s, dim=-1)  # float32 inside, rounded once to the model dtype
+            o = torch.bmm(p[..., :L].view(Gp * K, n * R, L), kv.pre_v[li])
+            o_suf = torch.bmm(p[..., L:].view(Gp * K * n, R, upto), vs)
+            o = (o.view(Gp, K, n, R, D) + o_suf.view(Gp, K, n, R, D)).transpose(1, 2)
+            x = self._attn_out(ly, x, o.reshape(B, self.H * D))
         x = F.rms_norm(x, (self.hidden,), self.norm_w, self.norm_eps)
         return self.lm_head(x)
 
@@ -720,13 +721,12 @@ class HFModel:
             pre_v = [v.index_select(0, slot_group) for v in pre_v]
             pad_G_L = pad_G_L.index_select(0, slot_group)
             per_group, Gp = 1, B
-        pre_bias = torch.zeros(Gp, K, 1, Lmax, **new)
-        pre_bias.masked_fill_(pad_G_L[:, None, None], float("-inf"))
+        pre_pad = pad_G_L[:, None, None, None] if bool(pad_G_L.any()) else None
         suf = (Gp, K, per_group, max(S - 1, 1), D)
         kv = _KV(
             [k.view(Gp * K, Lmax, D) for k in pre_k],
             [v.view(Gp * K, Lmax, D) for v in pre_v],
-            pre_bias.view(Gp * K, 1, Lmax),
+            pre_pad,
             [torch.zeros(suf, **new) for _ in range(n_layers)],
             [torch.zeros(suf, **new) for _ in range(n_layers)],
             per_group,

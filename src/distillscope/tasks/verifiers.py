@@ -169,7 +169,10 @@ def read_letter(
     """The model's letter after the last `Answer:` (`B`, `(B)`, `**B**`, `B) Paris`, `b`). A
     lower-case letter counts only when it stands alone (`Answer: a dog` is not `A`). When the
     text after the marker is not a letter but equals exactly one choice's text (case and
-    punctuation ignored), that choice's letter. Without a marker: `\\boxed{B}`. None else."""
+    punctuation ignored), that choice's letter. Without a marker: `\\boxed{B}`, or the one line
+    of the form `B) ...` (a model answering in the choices' own format; two or more such lines
+    are an echo of the list and unparsable), or a whole answer equal to one choice's text
+    (`Bird.`). None else."""
     region = answer_region(text)
     if region is None:
         return None
@@ -177,9 +180,16 @@ def read_letter(
     line = last_answer_line(region)
     if line is None:
         boxed = last_boxed(region)
-        if boxed is None:
-            return None
-        line = strip_emphasis(boxed).replace("\\text{", "").replace("}", "")
+        if boxed is not None:
+            line = strip_emphasis(boxed).replace("\\text{", "").replace("}", "")
+        else:
+            # the answer written as one choice line, `B) Bird`; several such lines are an
+            # echo of the choice list, not an answer
+            pattern = rf"\s*\(?([{letters}])\)\s"
+            rows = [ln for ln in strip_emphasis(region).splitlines() if re.match(pattern, ln + " ")]
+            if len(rows) != 1:
+                return _choice_by_text(region, letters, choices)
+            line = rows[0]
     s = line.strip().lstrip("([{\"'").strip()
     m = re.match(rf"([{letters}])(?![A-Za-z])", s)
     if m:
@@ -187,12 +197,16 @@ def read_letter(
     m = re.match(rf"([{letters.lower()}])(?=\s*(?:$|[).:,\]]))", s)
     if m:
         return m.group(1).upper()
-    if choices:
-        target = _norm_choice(s)
-        hits = [i for i, c in enumerate(choices) if target and _norm_choice(c) == target]
-        if len(hits) == 1:
-            return letters[hits[0]]
-    return None
+    return _choice_by_text(s, letters, choices)
+
+
+def _choice_by_text(s: str, letters: str, choices: Sequence[str] | None) -> str | None:
+    """The letter of the one choice whose text equals `s` (case, punctuation ignored)."""
+    if not choices:
+        return None
+    target = _norm_choice(strip_emphasis(s))
+    hits = [i for i, c in enumerate(choices) if target and _norm_choice(c) == target]
+    return letters[hits[0]] if len(hits) == 1 and hits[0] < len(letters) else None
 
 
 def verify_letter(
