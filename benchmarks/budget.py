@@ -17,10 +17,14 @@ on the counts through N_sig, so (a) alone does not compare like with like), plus
 decision points found. Means and standard deviations are over seeds; RMSE is over (node,
 teacher) rows, nodes as the nodes table reports them (a node shared by several paths counts once
 per path). Rows whose exact alignment is undefined (an exactly zero ideal gradient: S_u holds
-only children of equal P_succ, e.g. synonyms) are left out.
+only children of equal P_succ, e.g. synonyms) are left out. Two more columns: the RMSE with the
+`backup` estimator of DESIGN.md s3, recomputed after the run (`backup_errors`), and the number of
+rows with |error| > 1, i.e. sign flips, nearly all at two-child nodes whose children have almost
+equal P_succ (there the cosine is +-1 and any estimate is a coin flip); a handful of them
+dominates the RMSE of a run.
 
     python benchmarks/budget.py                                  # 3 seeds x 16 questions
-    python benchmarks/budget.py --seeds 0 --questions 8 --n-min 100 --ci 0.2
+    python benchmarks/budget.py --seeds 0 --questions 8 --n-min 100 --gain 1e-4 --ci
     python benchmarks/budget.py --out runs/bench-budget --jobs 2
 
 Writes OUT/runs/<seed>-<variant>/ (the run directories; reused when complete, unless --fresh),
@@ -78,18 +82,19 @@ def make_config(base: Path, seed: int, questions: int, variant: dict[str, Any]) 
     return _with_tree(cfg, **variant)
 
 
-def variants(n_mins: list[int], cis: list[float],
-             gains: list[float] = ()) -> dict[str, dict[str, Any]]:
-    """Variant name -> tree fields. Names: fixed-<n_min>, adaptive-ci=<half-width>,
-    adaptive-gain=<min gain> (then the CI rule is off)."""
+def variants(n_mins: list[int], gains: list[float],
+             cis: list[float] = ()) -> dict[str, dict[str, Any]]:
+    """Variant name -> tree fields. fixed-<n_min>; adaptive-gain=<g> (the default stopping
+    rules, `adaptive_gain` = g); adaptive-ci=<w> (the CI rule alone: `adaptive_ci` = w,
+    `adaptive_gain` = 0)."""
     out: dict[str, dict[str, Any]] = {}
     for n in n_mins:
         out[f"fixed-{n}"] = {"budget": "fixed", "n_min": n}
-    for ci in cis:
-        out[f"adaptive-ci={ci:g}"] = {"budget": "adaptive", "adaptive_ci": ci}
     for g in gains:
-        out[f"adaptive-gain={g:g}"] = {"budget": "adaptive", "adaptive_ci": 0.0,
-                                       "adaptive_gain": g}
+        out[f"adaptive-gain={g:g}"] = {"budget": "adaptive", "adaptive_gain": g}
+    for ci in cis:
+        out[f"adaptive-ci={ci:g}"] = {"budget": "adaptive", "adaptive_ci": ci,
+                                      "adaptive_gain": 0.0}
     return out
 
 
@@ -139,13 +144,62 @@ def load_errors(run_dir: Path) -> tuple[pd.DataFrame, int, dict[str, int]]:
     return rows.reset_index(drop=True), n_dp, counts
 
 
+def backup_errors(run_dir: Path) -> pd.DataFrame:
+    """The gkd rows of the nodes table recomputed with the `backup` estimator of DESIGN.md s3
+    (`tree.backup_on_path`: the on-path child's P_hat replaced by the stratified estimate from
+    the node below), on the same decision points and S_u, against the same exact alignment.
+    Toy backend only (the student's full distributions come from the toy model). The pipeline
+    does not write backup estimates itself, so this is computed here, after the run."""
+    from distillscope import gradients as G
+    from distillscope.models.toy import ToyModel, WorldParams
+    from distillscope.store import RunStore
+    from distillscope.tree import PathTree, backup_on_path
+
+    store = RunStore(run_dir)
+    cfg = store.load_config()
+    model = ToyModel(WorldParams.from_options(cfg.student.options))
+    ro, paths = store.read("rollouts"), store.read("paths")
+    nodes, dist, children = store.read("nodes"), store.read("distributions"), store.read("children")
+    nodes = nodes[nodes.method == "gkd"]
+    kids = children[children.visits >= cfg.tree.n_sig].set_index(KEY).sort_index()
+    probs = dist.set_index([*KEY, "model", "token"]).prob.sort_index()
+    rows = []
+    for p in paths.itertuples():
+        ids = [int(t) for t in p.response_ids]
+        ctx = model.encode_chat([{"role": "user", "content": p.qid.replace("toy-", "toy:")}])
+        tree = PathTree(ids)
+        r = ro[ro.qid == p.qid]
+        tree.add(list(r.response_ids), r.forced_len.to_numpy(), r.reward.to_numpy())
+        p_T_V = model.next_token_probs(ctx, ids)
+        q_L = backup_on_path(tree, lambda d, toks, p_T_V=p_T_V: p_T_V[d][toks], cfg.tree.n_sig)
+        mine = nodes[(nodes.qid == p.qid) & (nodes.path_id == p.path_id)]
+        for (depth, teacher), _ in mine.groupby(["depth", "teacher"]):
+            c = kids.loc[(p.qid, p.path_id, depth)].sort_values("token")
+            toks = c.token.to_numpy()
+            p_hat, p_exact = c.p_hat.to_numpy().copy(), c.p_exact.to_numpy()
+            on = toks == ids[depth]
+            if on.any() and np.isfinite(q_L[depth]):
+                p_hat[on] = q_L[depth]
+            ps = probs.loc[(p.qid, p.path_id, depth, "student")].loc[toks].to_numpy()
+            pt = probs.loc[(p.qid, p.path_id, depth, teacher)].loc[toks].to_numpy()
+            g = G.gkd_gradient(ps, pt, restrict=cfg.scoring.restrict)
+            err = (G.cosine(G.ideal_gradient(ps, p_hat, restrict=cfg.scoring.restrict), g)
+                   - G.cosine(G.ideal_gradient(ps, p_exact, restrict=cfg.scoring.restrict), g))
+            rows.append({"qid": p.qid, "path_id": p.path_id, "depth": depth,
+                         "teacher": teacher, "err": err})
+    out = pd.DataFrame(rows, columns=[*KEY, "teacher", "err"])
+    return out[np.isfinite(out.err)].reset_index(drop=True)
+
+
 def _rmse(err: pd.Series) -> float:
     return float(np.sqrt(np.mean(err**2))) if len(err) else math.nan
 
 
-def measure(dirs: dict[tuple, Path]) -> pd.DataFrame:
-    """One row per run: rollouts, decision points, RMSE on own and on common nodes."""
+def measure(dirs: dict[tuple, Path], backup: bool = True) -> pd.DataFrame:
+    """One row per run: rollouts, decision points, RMSE on own and on common nodes (and on
+    own nodes with the backup estimator)."""
     loaded = {k: load_errors(d) for k, d in dirs.items()}
+    backed = {k: backup_errors(d) if backup else None for k, d in dirs.items()}
     rows = []
     for seed in sorted({s for s, _ in loaded}):
         mine = {n: v for (s, n), v in loaded.items() if s == seed}
@@ -162,6 +216,9 @@ def measure(dirs: dict[tuple, Path]) -> pd.DataFrame:
                 "rollouts_total": counts["rollouts/total"],
                 "decision_points": n_dp, "common_nodes": len(common),
                 "rmse_own": _rmse(r.err), "rmse_common": _rmse(r.err[in_common]),
+                "rmse_own_backup": (_rmse(backed[(seed, name)].err)
+                                    if backed[(seed, name)] is not None else math.nan),
+                "flips_own": int((r.err.abs() > 1).sum()),
                 "max_err_own": float(r.err.abs().max()) if len(r) else math.nan,
             })
     return pd.DataFrame(rows)
@@ -169,7 +226,7 @@ def measure(dirs: dict[tuple, Path]) -> pd.DataFrame:
 
 def summarise(per_run: pd.DataFrame) -> pd.DataFrame:
     cols = ["rollouts_targeted", "rollouts_total", "decision_points", "common_nodes",
-            "rmse_own", "rmse_common"]
+            "rmse_own", "rmse_common", "rmse_own_backup", "flips_own"]
     g = per_run.groupby("variant", sort=False)
     out = g[cols].agg(["mean", "std"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]
@@ -201,8 +258,9 @@ def verdict(summary: pd.DataFrame, reference: str = "fixed-100") -> list[str]:
 
 def markdown(summary: pd.DataFrame) -> str:
     head = ("| allocation | setting | targeted rollouts | total rollouts | decision points | "
-            "common nodes | RMSE own nodes | RMSE common nodes |")
-    lines = [head, "|" + "---|" * 8]
+            "common nodes | RMSE own nodes | RMSE common nodes | RMSE own nodes, backup | "
+            "rows with abs(err) > 1 |")
+    lines = [head, "|" + "---|" * 10]
 
     def pm(r: Any, c: str, fmt: str) -> str:
         m, s = getattr(r, f"{c}_mean"), getattr(r, f"{c}_std")
@@ -214,7 +272,8 @@ def markdown(summary: pd.DataFrame) -> str:
             f"| {r.allocation} | {setting} | {pm(r, 'rollouts_targeted', ',.0f')} | "
             f"{pm(r, 'rollouts_total', ',.0f')} | {pm(r, 'decision_points', '.0f')} | "
             f"{r.common_nodes_mean:.0f} | {pm(r, 'rmse_own', '.4f')} | "
-            f"{pm(r, 'rmse_common', '.4f')} |")
+            f"{pm(r, 'rmse_common', '.4f')} | {pm(r, 'rmse_own_backup', '.4f')} | "
+            f"{pm(r, 'flips_own', '.1f')} |")
     return "\n".join(lines)
 
 
@@ -267,19 +326,23 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--questions", type=int, default=16)
     ap.add_argument("--n-min", type=int, nargs="*", default=[25, 50, 100, 200])
-    ap.add_argument("--ci", type=float, nargs="*", default=[0.4, 0.3, 0.2, 0.1])
-    ap.add_argument("--gain", type=float, nargs="*", default=[])
+    ap.add_argument("--gain", type=float, nargs="*", default=[3e-4, 1e-4, 3e-5],
+                    help="adaptive_gain values (adaptive, default stopping rules)")
+    ap.add_argument("--ci", type=float, nargs="*", default=[0.2],
+                    help="adaptive_ci values with the gain rule off (the CI rule alone)")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (processes)")
     ap.add_argument("--fresh", action="store_true", help="redo runs that already exist")
+    ap.add_argument("--no-backup", action="store_true",
+                    help="skip the RMSE with the backup estimator (computed after the runs)")
     args = ap.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    specs = variants(args.n_min, args.ci, args.gain)
+    specs = variants(args.n_min, args.gain, args.ci)
     print(f"{len(args.seeds)} seed(s) x {len(specs)} variant(s), {args.questions} questions each")
     t0 = time.perf_counter()
     dirs = run_all(args, specs)
-    per_run = measure(dirs)
+    per_run = measure(dirs, backup=not args.no_backup)
     summary = summarise(per_run)
     per_run.to_csv(out / "budget_runs.csv", index=False)
     summary.to_csv(out / "budget.csv", index=False)

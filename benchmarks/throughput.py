@@ -135,8 +135,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, reps: int) -> float:
-    fn()
+def timed(fn, device: torch.device, reps: int, warmup=None, label: str = "") -> float:
+    """Best seconds of `reps` calls after one warm-up call (`warmup`, default `fn`): steady
+    state. generate's first full-length call is often ~2x slower than its next (the caching
+    allocator grows with its concatenated KV cache), so use --repeats 2 or more."""
+    (warmup or fn)()
     sync(device)
     times = []
     for _ in range(reps):
@@ -144,7 +147,9 @@ def timed(fn, device: torch.device, reps: int) -> float:
         fn()
         sync(device)
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    if label and reps > 1:
+        print(f"    {label}: " + ", ".join(f"{x:.2f}s" for x in times), flush=True)
+    return min(times)
 
 
 def ceilings(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
@@ -190,7 +195,9 @@ def prefixes(shape: Shape, vocab: int, seed: int = 0) -> list[list[int]]:
     return ids.tolist()
 
 
-def run_ours(model, tok, shape: Shape, cascade: bool, graphs: bool) -> tuple[float, dict]:
+def run_ours(
+    model, tok, shape: Shape, cascade: bool, graphs: bool, reps: int = 1
+) -> tuple[float, dict]:
     hf = HFModel(model, tok, eos_token_ids=(), cascade=cascade, cuda_graphs=graphs)
     reqs = [SampleRequest(tuple(p), shape.n, seed=i) for i, p in enumerate(prefixes(shape, 30000))]
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=shape.new)
@@ -200,14 +207,14 @@ def run_ours(model, tok, shape: Shape, cascade: bool, graphs: bool) -> tuple[flo
         out = hf.sample(reqs, params)
         assert sum(len(c.token_ids) for g in out for c in g) == shape.groups * shape.n * shape.new
 
-    secs = timed(go, device, 1)
+    secs = timed(go, device, reps, label="ours" if cascade else "ours-copies")
     return shape.groups * shape.n * shape.new / secs, dict(hf.last_stats)
 
 
-def run_generate(model, shape: Shape, new: int | None = None) -> float:
+def run_generate(model, shape: Shape, reps: int = 1) -> float:
     device = next(model.parameters()).device
     ids = torch.tensor(prefixes(shape, 30000), device=device)
-    S = new or shape.new
+    S = shape.new
 
     def go():
         out = model.generate(
@@ -225,15 +232,13 @@ def run_generate(model, shape: Shape, new: int | None = None) -> float:
         )
         assert out.shape == (shape.groups * shape.n, shape.prefix + S), out.shape
 
-    with torch.inference_mode():
-        model.generate(  # warm-up, short
+    def warmup():  # short: same batch and prefill, 2 new tokens
+        model.generate(
             ids, do_sample=True, num_return_sequences=shape.n, max_new_tokens=2, pad_token_id=0
         )
-        sync(device)
-        t = time.perf_counter()
-        go()
-        sync(device)
-        secs = time.perf_counter() - t
+
+    with torch.inference_mode():
+        secs = timed(go, device, reps, warmup=warmup, label="generate")
     return shape.groups * shape.n * S / secs
 
 
@@ -382,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="ours,ours-copies,generate")
     ap.add_argument("--check", action="store_true", help="run correctness checks first")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs (best reported)")
     ap.add_argument("--profile", action="store_true", help="top kernels of one eager run")
     args = ap.parse_args(argv)
 
@@ -415,11 +421,13 @@ def main(argv: list[str] | None = None) -> int:
             for method in methods:
                 try:
                     if method == "generate":
-                        res[method] = run_generate(model, shape)
+                        res[method] = run_generate(model, shape, args.repeats)
                         stats: dict = {}
                     else:
                         cascade = method == "ours"
-                        res[method], stats = run_ours(model, tok, shape, cascade, True)
+                        res[method], stats = run_ours(
+                            model, tok, shape, cascade, True, args.repeats
+                        )
                 except torch.OutOfMemoryError as err:
                     print(f"  {shape} {method}: out of memory ({str(err)[:80]})")
                     res[method] = float("nan")

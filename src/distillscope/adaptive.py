@@ -3,50 +3,52 @@
 Why: the paper (section 2.5) enriches every chosen child to N_min = 100 counted visits, whatever
 that child does to the alignment score. Most children need far fewer: the alignment is a cosine,
 and a child with a small student probability, or a P_succ far from its siblings', hardly moves
-it. This allocator spends rollouts in small rounds where they reduce the error of the reported
-alignment the most, and stops each node once that alignment is known well enough.
+it. Meanwhile the children that do move it are often not the chosen ones: a child that entered
+S_u with 20-odd natural visits is never enriched by the paper. On the synthetic world
+(`benchmarks/budget.py`, benchmarks/RESULTS.md) this allocator reaches a lower alignment error
+than the paper's with about a quarter of its targeted rollouts.
 
 How, per question (`AdaptiveAllocator.next_batch`, called by `pipeline._targeted` until it
-returns []):
+returns []; each call's groups are one committed unit):
 
-1. Seed: every chosen child (`plan.chosen`, the paper's candidates and windows, shallow first)
-   is enriched to N_sig counted visits, the least that puts it into S_u. So the nodes and S_u
-   sets the paper would score exist here too, and the cascade of shallow launches into deeper
-   nodes still happens.
-2. Rounds. Every current decision point u (|S_u| >= 2, SR range > 0) is scored by a small
-   parametric bootstrap: draws P*_k ~ Beta(s_k + 1/2, n_k - s_k + 1/2) (Jeffreys posterior of
-   each child's P_succ), the ideal gradient recomputed for each draw, and its cosine with every
-   teacher's gkd gradient (restricted and renormalised over S_u, from the candidate
-   probabilities in `plan.scores`). The spread of the cosine around the reported one (plug-in
-   P_hat) gives, per teacher, a root-mean-square error r_t(u). A node is *settled* when
-   1.96 max_t r_t(u) <= `adaptive_ci` (its 95% interval is narrow enough). For an unsettled
-   node, a second bootstrap that resamples one child at a time gives each child's share
-   M_k(u) of the mean squared error over teachers; since that share scales as 1/n_k, the next
-   `adaptive_round` rollouts to child k remove about M_k(u) * round / (n_k + round) of it. The
-   children with the largest reduction per rollout (one group each, at most `max_groups`) form
-   the round. Nodes shared by several paths (a common prefix) are scored once and weighted by
-   how many paths report them, as the nodes table does.
-3. Stop when every node is settled, or its unsettled children reached `adaptive_max_child`
-   counted visits (allocation never re-tries a child at its cap).
+1. Seed: every chosen child (`plan.chosen`: the paper's candidates, windows and top-k / top-r,
+   shallow first) is enriched to N_sig counted visits, the least that puts it into S_u. So the
+   decision points the paper would score exist here too, and shallow launches still cascade
+   into deeper nodes.
+2. Rounds. Every current decision point u (|S_u| >= 2, SR range > 0) gets a parametric
+   bootstrap of its alignment (`node_error`): P*_k drawn from each child's Jeffreys posterior
+   Beta(s + 1/2, n - s + 1/2), the ideal gradient recomputed per draw, and its cosine with every
+   teacher's gkd gradient over S_u (probabilities from the phase 1 scoring in `plan.scores`).
+   The spread around the reported cosine (plug-in P_hat) gives each teacher's RMS error; a node
+   whose 95% half-width (widest teacher) is <= `adaptive_ci` is settled. For each child of an
+   unsettled node, a look-ahead bootstrap gives the expected drop of the node's squared error
+   (mean over teachers) if it received `adaptive_round` more visits at the same P_hat. The
+   children with the largest drop per rollout, at least `adaptive_gain`, form the round (one
+   group each, at most `max_groups`). Minimising the summed squared error at a price of
+   `adaptive_gain` per rollout this way spends where the error is large *and* cheap to reduce:
+   a near tie between two children (a sign that no affordable budget settles) gains little.
+   A node shared by several paths (a common prefix) is scored once and weighted by the number
+   of paths that report it, as the nodes table does.
+3. Stop when no child of an unsettled node is worth a round, or all such children reached
+   `adaptive_max_child` launched or counted visits.
 
 Determinism (the pipeline's resume guarantee): `next_batch` reads only the plan's trees, its
-fixed candidate scores and the allocator's own counters; the bootstrap generator of a node is
-seeded by (run seed, question, node), and ties are broken by (path, depth, token). Replaying
-the committed units therefore rebuilds the same state and the same later units.
+fixed candidate scores and the allocator's own counters; the bootstrap uniforms of a node are
+seeded by (run seed, question, node), and ties are broken by (path, depth, token). Replaying the
+committed units therefore rebuilds the same state and the same later units.
 
-Departures and approximations: gradients here are always the renorm versions (also under
-`restrict: project`); a child of S_u that is no scoring candidate (P < tau under every model)
-gets probability tau / 2 under the models that lack it; with no teacher scored, the error of the
-ideal's own direction (1 - cos(ideal*, ideal)) replaces the teachers' cosines. Rollouts launched
-on a path token also enrich the next node (the cascade); the gain estimate ignores that bonus.
+Approximations: gradients here are always the renorm versions (also under `restrict: project`);
+a child of S_u that is no scoring candidate (P < tau under every model) gets probability tau / 2
+where unknown; with no teacher scored, the error of the ideal's own direction
+(1 - cos(ideal*, ideal)) replaces the teachers' cosines; the gain ignores the bonus of a launch
+on a path token, which also enriches the next node. A node does not stop merely because the
+sign of its alignment is settled: a cosine of 0.6 +- 0.3 has a settled sign and a large error.
 
-Config fields (read with getattr, so the allocator works before they exist in TreeConfig):
-`adaptive_round` (rollouts per child per round, default 20), `adaptive_ci` (95% half-width at
-which a node stops, default 0.1), `adaptive_max_child` (cap on a child's counted visits,
-default 2 * n_min).
+Config fields (read with getattr, so the allocator works before TreeConfig has them):
+`adaptive_round` (default 20), `adaptive_gain` (1e-4), `adaptive_ci` (0.05),
+`adaptive_max_child` (None = 2 * n_min). See `AdaptiveSettings`.
 
-Shape letters (types.py) plus: D bootstrap draws, M models (teachers), R bootstrap variants
-(all children resampled, then each child alone).
+Shape letters (types.py) plus: D bootstrap draws, M teachers, R bootstrap variants.
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ def _seed(*parts: Any) -> int:
 
 @dataclass(frozen=True)
 class AdaptiveSettings:
-    """The allocator's knobs, from `config.tree` (defaults when a field is absent)."""
+    """The allocator's knobs, from `config.tree` (defaults when a field is absent).
+
+    round_size    adaptive_round: rollouts per child per round
+    min_gain      adaptive_gain: least expected drop of squared alignment error per rollout
+    ci_halfwidth  adaptive_ci: a node stops once its 95% half-width is at most this
+    max_child     adaptive_max_child: cap on a child's launched or counted visits
+    """
 
     n_start: int  # chosen children are first enriched to this (N_sig)
     n_sig: int
@@ -237,6 +245,7 @@ class AdaptiveAllocator:
         self.rounds = 0
         self.allocated: dict[tuple[int, int, int], int] = {}
         self.done = False
+        self._cache: dict[tuple[int, int], tuple[bytes, NodeError]] = {}
         self.pids = sorted(plan.trees)
         self.tables = {pid: _ProbTable(plan.scores.get(pid, {})) for pid in self.pids}
         # canon[pid][d]: the smallest path id sharing the node (prefix path[:d]) with pid
@@ -340,8 +349,14 @@ class AdaptiveAllocator:
         """Bootstrap error of every current decision point (see `node_error`)."""
         out = {}
         for (pid, d), (weight, tokens, visits, succ) in sorted(self.decision_nodes(plan).items()):
-            p_s, p_t = self.tables[pid].at(d, tokens, self.tau / 2)
-            rng = np.random.default_rng(_seed(*self.seed, pid, d))
-            err = node_error(p_s, visits, succ, p_t, rng, extra=self.settings.round_size)
+            state = tokens.tobytes() + visits.tobytes() + succ.tobytes()
+            hit = self._cache.get((pid, d))
+            if hit is not None and hit[0] == state:  # a pure function of the counts
+                err = hit[1]
+            else:
+                p_s, p_t = self.tables[pid].at(d, tokens, self.tau / 2)
+                rng = np.random.default_rng(_seed(*self.seed, pid, d))
+                err = node_error(p_s, visits, succ, p_t, rng, extra=self.settings.round_size)
+                self._cache[(pid, d)] = (state, err)
             out[(pid, d)] = (weight, err, tokens, visits)
         return out

@@ -127,6 +127,20 @@ class TreeConfig(_Strict):
     budget: Literal["fixed", "adaptive"] = Field(
         "fixed", description="fixed = enrich to n_min (paper); adaptive = rounds to where it pays."
     )
+    adaptive_round: int = Field(20, ge=1, description="adaptive: rollouts per child per round.")
+    adaptive_gain: float = Field(
+        1e-4, ge=0,
+        description="adaptive: a child gets another round only while it is expected to cut its "
+        "node's squared alignment error (mean over teachers, times the paths reporting the "
+        "node) by at least this much per rollout.",
+    )
+    adaptive_ci: float = Field(
+        0.05, ge=0, description="adaptive: a node stops once the 95% bootstrap half-width of "
+        "its alignment (widest teacher) is at most this.",
+    )
+    adaptive_max_child: int | None = Field(
+        None, ge=1, description="adaptive: cap on a child's visits; null = 2 * n_min."
+    )
     group_size: int = Field(100, ge=1, description="Max samples per targeted-rollout group.")
     exclude_extremely_hard: bool = Field(True, description="Skip questions with pass rate 0.")
 

@@ -26,8 +26,8 @@ tau_demo (ContextConfig.demo_temperature), graded by the task's verifier, one tr
 `SampleRequest` with a seed derived from (run seed, qid, source, trial) by a stable hash, so a
 trial's text does not depend on how trials were batched. Trials continue in order until the
 needed correct / wrong demos exist or ContextConfig.max_trials trials were spent, whichever
-comes first; every trial is stored (Parquet, schemas.DEMOS, atomic rewrite after each model
-call). The demos used are the lowest-numbered correct / wrong trials. A question whose needs
+comes first; every trial is stored (Parquet, schemas.DEMOS, atomic rewrite after each round
+of trials). The demos used are the lowest-numbered correct / wrong trials. A question whose needs
 are unmet at the cap is reported (`DemoStatus.satisfied` False; `context()` raises
 `DemoUnavailable`), never dropped silently.
 """
@@ -385,7 +385,7 @@ class DemoBank:
                     ok = task.verify(by_id[qid], text).reward >= 1.0
                     self._add_row({"qid": qid, "source": source, "kind": "demo", "index": trial,
                                    "correct": ok, "text": text, "seed": req.seed})
-                self.save()
+            self.save()  # once per round: a killed run loses at most this round's trials
             todo = pending()
             if progress is not None:
                 progress(f"demos ({source})", total - len(todo), total)

@@ -646,7 +646,9 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
                 plan = plan_question(rt, q, bar)
                 if plan is not None:
                     plans.append(plan)
-        need = sum(p.need(config.tree.n_min) for p in plans)
+        # the fixed allocation's need is known; the adaptive one decides as it goes
+        need = (sum(p.need(config.tree.n_min) for p in plans)
+                if config.tree.budget == "fixed" else None)
         with rt.reporter.bar("phase 1: targeted rollouts", need, unit="rollouts") as bar:
             for plan in plans:
                 finish_question(rt, plan, bar)

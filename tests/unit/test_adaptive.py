@@ -17,7 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distillscope.adaptive import AdaptiveAllocator, AdaptiveSettings, node_error
+from distillscope import gradients as G
+from distillscope.adaptive import (
+    AdaptiveAllocator,
+    AdaptiveSettings,
+    gkd_directions,
+    ideal_directions,
+    node_error,
+)
 from distillscope.config import load_config
 from distillscope.pipeline import decision_points, load_runtime, phase0, plan_question, run
 from distillscope.progress import NullReporter
@@ -45,6 +52,17 @@ def runs(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------------------
 # The bootstrap of one node
+def test_vectorised_gradients_match_the_reference_ones():
+    """The bootstrap's batched ideal and gkd directions are gradients.py's (renorm), same sign."""
+    p = np.array([0.02, 0.3, 0.1])  # full-vocabulary probabilities of S_u: renormalised
+    q = np.array([[0.5, 0.1, 0.05], [0.01, 0.2, 0.3]])
+    succ = np.array([[0.9, 0.2, 0.5], [0.1, 0.1, 0.7]])
+    np.testing.assert_allclose(ideal_directions(p, succ),
+                               [G.ideal_gradient(p, s) for s in succ], atol=1e-15)
+    np.testing.assert_allclose(gkd_directions(p, q),
+                               [G.gkd_gradient(p, t) for t in q], atol=1e-15)
+
+
 def test_node_error_shrinks_with_visits_and_is_seeded():
     p = np.array([0.5, 0.3, 0.2])
     q = np.array([[0.6, 0.3, 0.1], [0.3, 0.3, 0.4]])
@@ -75,6 +93,12 @@ def test_a_coin_flip_node_gains_less_than_a_settleable_one():
     gap = node_error(p, np.array([20, 20]), np.array([15, 9]), q, np.random.default_rng(2))
     assert tie.halfwidth > 1.0  # the sign is anyone's guess
     assert gap.gain_K.sum() > tie.gain_K.sum()
+
+
+def test_without_teachers_the_ideal_direction_is_used():
+    p, n, s = np.array([0.5, 0.3, 0.2]), np.full(3, 20), np.array([15, 8, 2])
+    e = node_error(p, n, s, None, np.random.default_rng(3))
+    assert e.rms_M.shape == (1,) and e.halfwidth > 0 and np.all(e.gain_K > 0)
 
 
 def test_settings_default_and_read_from_config():

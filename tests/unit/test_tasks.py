@@ -66,6 +66,11 @@ CHOICES = ["Rome", "Berlin", "Paris", "Oslo"]
         ("<think>Answer: C", 0.0, False, None),
         ("Answer: A\nActually, let me reconsider.\nAnswer: C", 1.0, True, "C"),
         ("\\boxed{C}", 1.0, True, "C"),
+        ("C) Paris", 1.0, True, "C"),  # no marker: the one line in the choices' format
+        ("I pick\n(B) Berlin", 0.0, True, "B"),
+        ("A) Rome\nB) Berlin\nC) Paris\nD) Oslo", 0.0, False, None),  # the list echoed
+        ("Paris.", 1.0, True, "C"),  # no marker: the whole answer is one choice's text
+        ("The correct answer is C) Paris, since", 1.0, True, "C"),  # "answer is", no colon
     ],
 )
 def test_letter(text, reward, parsable, extracted):

@@ -10,7 +10,8 @@ Reading rules, the same for every verifier:
   still thinking: there is no answer region and the output is unparsable (an answer written
   inside unfinished thinking does not count).
 * Several candidate answers: the LAST `Answer:` marker in the answer region wins (models often
-  restate or correct themselves; the prompts ask for the answer on the last line).
+  restate or correct themselves; the prompts ask for the answer on the last line). `answer is`
+  without a colon ("The correct answer is C) Cold") counts as a marker too.
 * Case, surrounding punctuation, markdown emphasis (`**B**`, `*yes*`, `` `B` ``), `$...$` and
   brackets (`(B)`, `[B]`) around the answer are ignored.
 
@@ -32,7 +33,7 @@ VERIFIER_NAMES: tuple[str, ...] = ("yesno", "letter", "integer", "math")
 
 _THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
 _THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
-_ANSWER_MARK = re.compile(r"(?:final\s+)?answer\s*(?:is)?\s*[:：]", re.IGNORECASE)
+_ANSWER_MARK = re.compile(r"answer(?:\s+is)?\s*[:：]|answer\s+is\b", re.IGNORECASE)
 _EMPHASIS = re.compile(r"[*_`$]+")
 _BOXED = re.compile(r"\\boxed\s*\{")
 _YES = {"yes", "true"}
