@@ -76,10 +76,16 @@ def main() -> None:
     ap.add_argument("--max-trials", dest="max_trials", type=int, default=12)
     ap.add_argument("--budget", default="fixed", choices=["fixed", "adaptive"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (1 is far faster on a machine shared with other jobs)")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     files = {"boolq": args.data_dir / "boolq_dev.jsonl", "mmlu": args.data_dir / "mmlu_test.jsonl"}
     for f in files.values():
         if not f.is_file():

@@ -387,10 +387,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="ours,ours-copies,generate")
     ap.add_argument("--check", action="store_true", help="run correctness checks first")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs (best reported)")
     ap.add_argument("--profile", action="store_true", help="top kernels of one eager run")
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     archs = args.arch or ["smollm2"]
     shapes = [Shape.parse(s) for s in (args.shape or DEFAULT_SHAPES[device.type])]
@@ -410,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         bw, peak = ceilings(device, dtype)
         print(
             f"\n{arch}: {param_count(model) / 1e6:.0f}M params, {dtype}; ceilings: copy "
-            f"{bw / 1e9:.0f} GB/s, matmul {peak / 1e12:.1f} TFLOP/s",
+            f"{bw / 1e9:.0f} GB/s, matmul {peak / 1e12:.3g} TFLOP/s",
             flush=True,
         )
         if args.profile:

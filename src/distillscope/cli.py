@@ -50,6 +50,15 @@ def _overrides(items: list[str]) -> dict[str, object]:
     return out
 
 
+def _threads(n: Optional[int]) -> None:
+    """CPU threads for torch: on a machine shared with other jobs, 1 is often much faster
+    (OpenMP threads spin while waiting for a core)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _reporter():
     from distillscope.progress import RichReporter
 
@@ -105,8 +114,10 @@ def run(
     force: bool = typer.Option(False, help="Reuse a run directory made by another config."),
     report: bool = typer.Option(True, help="Write the report when done."),
     ray: Optional[str] = typer.Option(None, help="Run on Ray ('' = local cluster, or ADDRESS)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
 ) -> None:
     """Run the whole pipeline: teacher contexts, shared tree, per-teacher scores, report."""
+    _threads(threads)
     try:
         cfg = load_config(config, _overrides(set_))
         _run(cfg, out, force=force, report=report, ray=ray)
@@ -230,10 +241,12 @@ def export_weights(
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o"),
     force: bool = typer.Option(False),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
 ) -> None:
     """The whole pipeline on CPU with the bundled SmolLM2-135M and bundled questions."""
     from distillscope.presets import quickstart_config
 
+    _threads(threads)
     try:
         _run(quickstart_config(), out, force=force, report=True)
         _print_ranking(out)

@@ -3,7 +3,7 @@ graded, stored and reused; the retry cap holds and a question without a correct 
 reported; a tiny screen runs end to end.
 
 Uses the session-scoped `smollm` fixture (tests/integration/conftest.py). Small on purpose:
-a few questions, 48 new tokens, max_trials 4.
+a few questions, 48 new tokens, max_trials 4, G = 2; the demos are generated once per module.
 """
 
 from __future__ import annotations
@@ -59,15 +59,21 @@ def _questions():
     return task, easy, impossible
 
 
-def test_self_1c_demos_real_model(smollm, tmp_path):
+@pytest.fixture(scope="module")
+def phase0(smollm, tmp_path_factory):
+    """Demos for the easy items and the impossible one, generated once for this module."""
     quick, easy, impossible = _questions()
-    custom = CustomTask()
     model = Counting(smollm)
     cfg = ContextConfig(max_trials=MAX_TRIALS, demo_max_new_tokens=TOKENS)
-
-    bank = DemoBank(tmp_path / "demos.parquet")
+    path = tmp_path_factory.mktemp("phase0") / "demos.parquet"
+    bank = DemoBank(path)
     st = bank.generate(model, quick, easy, cfg, need_correct=1)
-    st_imp = bank.generate(model, custom, [impossible], cfg, need_correct=1)[0]
+    st_imp = bank.generate(model, CustomTask(), [impossible], cfg, need_correct=1)[0]
+    return quick, easy, impossible, model, cfg, bank, st, st_imp
+
+
+def test_self_1c_demos_real_model(phase0):
+    quick, easy, impossible, model, cfg, bank, st, st_imp = phase0
     first = model.samples
     assert first > 0
 
@@ -93,25 +99,29 @@ def test_self_1c_demos_real_model(smollm, tmp_path):
 
     # reuse: the same bank, and a bank re-read from disk, sample nothing
     bank.generate(model, quick, easy, cfg, need_correct=1)
-    bank.generate(model, custom, [impossible], cfg, need_correct=1)
-    reread = DemoBank(tmp_path / "demos.parquet")
+    bank.generate(model, CustomTask(), [impossible], cfg, need_correct=1)
+    reread = DemoBank(bank.path)
     again = reread.generate(model, quick, easy, cfg, need_correct=1)
     assert model.samples == first
     assert again == st and reread.demos(q.qid) == bank.demos(q.qid)
 
 
-def test_tiny_screen_real_model(smollm, tmp_path):
-    quick, easy, _ = _questions()
+def test_tiny_screen_real_model(phase0, tmp_path):
+    quick, easy, _, model, _, bank, st, _ = phase0
     config = RunConfig(
         teachers=[TeacherSpec(name="self-1c", mode="self-1c")],
-        screen=ScreenConfig(G=4),
+        screen=ScreenConfig(G=2),
         context=ContextConfig(max_trials=MAX_TRIALS),
         sampling=SamplingConfig(max_new_tokens=TOKENS),
     )
-    result = run_screen(smollm, quick, easy, config.teachers, config,
-                        DemoBank(tmp_path / "demos.parquet"), tmp_path / "out")
+    before = model.samples
+    result = run_screen(model, quick, easy, config.teachers, config, bank, tmp_path / "out")
+    # the demos come from the bank: only screening groups of G = 2 were sampled
     base = result.screen[result.screen["variant"] == "baseline"]
-    assert list(base["n"]) == [4, 4, 4]
+    one_c = result.screen[result.screen["variant"] == "self-1c"]
+    assert model.samples - before == base["n"].sum() + one_c["n"].sum()
+    assert list(base["n"]) == [2, 2, 2]
+    assert list(one_c["available"]) == [s.has_correct for s in st]
     assert ((base["pass_rate"] >= 0) & (base["pass_rate"] <= 1)).all()
     assert set(result.tables) == {"table7", "table8", "table9"}
     for name in ("table7", "table8", "table9", "screen"):

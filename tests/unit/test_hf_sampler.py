@@ -216,6 +216,18 @@ def test_group_samples_do_not_depend_on_batch_composition(llama, tok):
     assert _tokens(copies.sample([others[0], target], HOT))[1] == alone
 
 
+def test_sampling_leaves_the_model_trainable(tok):
+    """The fast runner re-lays weights into fused buffers: values and autograd survive."""
+    model = _tiny("llama", len(tok), seed=3)
+    ids = torch.tensor([_ids(tok, "grad")])
+    before = model(ids).logits.detach()
+    HFModel(model, tok).sample([SampleRequest(_ids(tok, "x"), 2, 0)], HOT)
+    out = model(ids).logits
+    assert torch.equal(out.detach(), before)
+    out.sum().backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
 def test_split_group_across_batches_gives_the_same_samples(llama, tok):
     req = SampleRequest(_ids(tok, "split me"), 5, seed=9)
     whole = HFModel(llama, tok, eos_token_ids=()).sample([req], HOT)

@@ -6,13 +6,15 @@ decode from that KV cache; several groups decode together in one batch. Batch sl
 out (group, sample) with every group padded to the batch's largest n (pad slots start finished).
 
 * Llama-family decoders (llama, qwen2, qwen3, mistral; `_Runner.supports`) run on our own
-  decode loop over the model's modules: static KV buffers, one decode step = one function
+  decode loop over the model's weights: static KV buffers, one decode step = one function
   without host syncs, captured as CUDA graphs (one per 32-slot bucket of generated length, so
   attention reads only the slots in use, rounded up). Attention is *cascade* attention: each
-  group's prefix KV is stored once and attended by the group's n queries together, the
-  per-sample suffix KV separately, the two merged by log-sum-exp; nothing of the prefix is
-  copied per sample or re-read per sample. `options={"cascade": False}` stores a copy of the
-  prefix KV per sample instead (the plain approach; kept for benchmarks and tests).
+  group's prefix KV is stored once and its scores for all the group's queries come from one
+  matrix product; each sample's suffix KV separately; one softmax over both. Nothing of the
+  prefix is copied or re-read per sample. `options={"cascade": False}` stores a copy of the
+  prefix KV per sample instead (the plain approach; kept for benchmarks and tests). The fast
+  runner re-lays each layer's q/k/v and gate/up weights into one buffer each and points the
+  model's own parameters at views of it (values and memory unchanged).
 * Any other architecture runs the generic path: HF forward with a DynamicCache, one group at a
   time, the cache repeated n times after the prefill.
 
@@ -66,7 +68,7 @@ OPTIONS: dict[str, str] = {
     "cascade": "shared-prefix attention (default true); false = a prefix KV copy per sample",
     "cuda_graphs": "capture the decode step as CUDA graphs (default true on CUDA)",
     "runner": "auto | fast | generic (fast = our Llama-family decode loop)",
-    "attn_implementation": "transformers attention for prefill-free forwards (default sdpa)",
+    "attn_implementation": "transformers attention of scoring and generic-runner forwards (sdpa)",
 }
 
 
@@ -512,9 +514,18 @@ class HFModel:
         fast_ok = _Runner.supports(model)
         if runner == "fast" and not fast_ok:
             raise ModelError(f"runner 'fast' does not support model type '{cfg.model_type}'")
-        use_fast = fast_ok and runner != "generic"
-        self._runner = _Runner(model, self._max_context) if use_fast else None
+        self._use_fast = fast_ok and runner != "generic"
+        self._fast: _Runner | None = None  # built on the first sample() call
         self.last_stats: dict[str, float] = {}
+
+    @property
+    def _runner(self) -> _Runner | None:
+        if self._use_fast and self._fast is None:
+            # ordinary tensors even when first asked for inside sample()'s inference mode: the
+            # model's own parameters become views of the fused weights
+            with torch.inference_mode(False), torch.no_grad():
+                self._fast = _Runner(self.model, self._max_context)
+        return self._fast
 
     # -- protocol: identity and text --
 
