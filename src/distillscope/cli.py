@@ -185,9 +185,10 @@ def screen(
     from distillscope.pipeline import screen_run
 
     try:
-        paths = screen_run(load_config(config, _overrides(set_)), out, reporter=_reporter())
-        for p in paths:
-            console.print(f"wrote {p}")
+        result = screen_run(load_config(config, _overrides(set_)), out, reporter=_reporter())
+        for name, table in result.tables.items():
+            Console().print(f"[bold]{name}[/]\n{table.to_string(index=False)}\n")
+        console.print(f"tables: [bold]{out / 'screen'}[/]")
     except _errors() as err:
         _fail(err)
 

@@ -673,13 +673,30 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
 
 
 def screen_run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
-               models: dict[str, LanguageModel] | None = None) -> list[Path]:
-    """Phase 0 screening (tables 7-9) into OUT/screen/."""
+               models: dict[str, LanguageModel] | None = None):
+    """Phase 0 screening (tables 7-9): pass rates per context variant into OUT/screen/.
+    Returns the screening.ScreenResult; its files are listed by `screen_files(out)`."""
     from distillscope import contexts, screening
 
     store = RunStore(out)
     config = store.open_for(config)
-    rt = load_runtime(config, store, reporter, models)
-    bank = contexts.DemoBank(store.dir / "demos.parquet")
-    return screening.run_screen(rt.student, rt.task, rt.questions, config.teachers, config, bank,
-                                store.dir / "screen", progress=rt.reporter)
+    cache = models if models is not None else {}
+    rt = load_runtime(config, store, reporter, cache)
+
+    def get(spec: ModelSpec) -> LanguageModel:
+        key = _model_cache_key(spec)
+        if key not in cache:
+            cache[key] = load_model(spec)
+        return cache[key]
+
+    sources = {t.name: get(t.source) for t in config.teachers
+               if t.mode == "self-1c-src" and t.source is not None}
+    summarizer = get(config.context.summarizer) if config.context.summarizer else None
+    with rt.reporter.bar("screening", None, unit="steps") as bar:
+        def progress(_stage: str, _done: int, _total: int) -> None:
+            bar.advance(1)
+
+        return screening.run_screen(
+            rt.student, rt.task, rt.questions, config.teachers, config,
+            contexts.DemoBank(store.dir / "demos.parquet"), store.dir / "screen",
+            progress=progress, sources=sources, summarizer=summarizer)

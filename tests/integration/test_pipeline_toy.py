@@ -151,3 +151,19 @@ def test_cli_refuses_a_different_config_and_names_bad_fields(tmp_path):
     bad.write_text("tree: {estimatr: paper}\n")
     res = runner.invoke(app, ["run", str(bad), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "tree.estimatr" in res.output and "unknown key" in res.output
+
+
+def test_cli_screen_writes_tables_7_to_9(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "screen-run"
+    res = runner.invoke(app, ["screen", str(ROOT / "configs" / "toy.yaml"), "--out", str(out),
+                              "--set", "screen.G=8", "--set", "task.options.n_questions=3"])
+    assert res.exit_code == 0, res.output
+    for name in ("table7", "table8", "table9"):
+        assert (out / "screen" / f"{name}.csv").is_file()
+        assert (out / "screen" / f"{name}.md").is_file()
+    t8 = pd.read_csv(out / "screen" / "table8.csv")
+    assert set(t8.variant) == {"baseline", "self-1c"}
+    # on toy a demonstration in context makes the student better (helpful self-teacher)
+    assert float(t8.set_index("variant").loc["self-1c", "acc"]) > float(
+        t8.set_index("variant").loc["baseline", "acc"])

@@ -113,3 +113,18 @@ def test_merge_takes_max_over_teachers():
                          [np.zeros(1), np.zeros(1)])
     assert np.allclose(c.dprob_C, [0.4, 0.4])
     assert c.gkd_C[0] > 0
+
+
+def test_import_is_light_and_public_api_resolves():
+    import subprocess
+    import sys
+
+    code = ("import sys, distillscope; heavy = [m for m in ('torch', 'transformers', 'ray', "
+            "'vllm') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    import distillscope
+
+    assert callable(distillscope.run) and callable(distillscope.write_report)
+    with pytest.raises(AttributeError):
+        distillscope.nope  # noqa: B018
