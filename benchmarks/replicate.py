@@ -110,7 +110,8 @@ def main() -> None:
         q = store.read("questions")
         used[task] = {"questions": len(q),
                       "with_paths": int(((q.n_correct_paths + q.n_incorrect_paths) > 0).sum()),
-                      "both_kinds": int(((q.n_correct_paths > 0) & (q.n_incorrect_paths > 0)).sum()),
+                      "both_kinds": int(((q.n_correct_paths > 0)
+                                         & (q.n_incorrect_paths > 0)).sum()),
                       "mean_pass_rate": round(float(q.pass_rate.mean()), 3)}
         notes += [f"{task}:{r.qid}: {r.note}" for r in q.itertuples() if r.note]
     elapsed = time.time() - t0

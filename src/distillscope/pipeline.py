@@ -33,6 +33,7 @@ from distillscope.models.registry import load_model
 from distillscope.progress import NullReporter, Reporter, Timer
 from distillscope.schemas import FEATURES
 from distillscope.scoring import score_path
+from distillscope.screening import difficulty
 from distillscope.store import RunStore, StoreError
 from distillscope.tasks import Task, get_task
 from distillscope.tree import PathTree
@@ -45,16 +46,6 @@ def stable_seed(*parts: Any) -> int:
     """A seed from any parts, stable across processes and Python versions."""
     digest = hashlib.blake2b(json.dumps(parts, default=str).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 62) - 1)
-
-
-def difficulty(pass_rate: float) -> str:
-    if pass_rate >= 0.8:
-        return "easy"
-    if pass_rate >= 0.25:
-        return "medium"
-    if pass_rate > 0:
-        return "hard"
-    return "extremely_hard"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,14 +202,12 @@ def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, d
     eos = set(rt.student.eos_token_ids)
     ctx = rt.student_ctx[q.qid]
     max_new = rt.config.sampling.max_new_tokens
-    to_model, where = [], []
-    for i, (req, meta) in enumerate(requests):
+    to_model = []
+    for i, (req, _meta) in enumerate(requests):
         forced = list(req.prefix_ids[len(ctx):])
         if (forced and forced[-1] in eos) or len(forced) >= max_new:
             continue  # nothing to sample: the forced prefix already ends the response
-        budget = max_new - len(forced)
-        to_model.append((i, SampleRequest(req.prefix_ids, req.n, req.seed), budget))
-        where.append(i)
+        to_model.append((i, req, max_new - len(forced)))
     outputs: dict[int, list] = {}
     # group requests by remaining budget so each model call has one max_new_tokens
     for budget in sorted({b for _, _, b in to_model}):

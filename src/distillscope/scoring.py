@@ -181,11 +181,7 @@ def score_path(
     chunk_size: int = 512,
     dtype: torch.dtype = torch.float64,
 ) -> PathScores:
-    """
-    remote = getattr(type(student), "score_path", None)
-    if remote is not None:  # a model that scores where it lives (distributed.RayModel)
-        return student.score_path(student_ctx, teacher, teacher_ctx, response_ids, tau=tau,
-                                  extra=extra, topk=topk, chunk_size=chunk_size, dtype=dtype)Score one response under the student and (optionally) one teacher; see module docstring.
+    """Score one response under the student and (optionally) one teacher; see module docstring.
 
     `student_ctx` / `teacher_ctx` are each model's own context ids (the teacher's may hold
     demonstrations); `response_ids` are shared. `extra` is a list or (E, 2) array of
@@ -195,6 +191,10 @@ def score_path(
     Raises TokenizerMismatchError when the two vocabularies differ, ModelError when a backend
     yields the wrong number of positions.
     """
+    remote = getattr(type(student), "score_path", None)
+    if remote is not None:  # a model that scores where it lives (distributed.RayModel)
+        return student.score_path(student_ctx, teacher, teacher_ctx, response_ids, tau=tau,
+                                  extra=extra, topk=topk, chunk_size=chunk_size, dtype=dtype)
     if not 0.0 < tau <= 1.0:
         raise ValueError(f"tau must lie in (0, 1], got {tau}")
     if chunk_size < 1:

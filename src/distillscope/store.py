@@ -17,6 +17,7 @@ YAML (safe_load) only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -73,10 +74,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     _fsync_dir(path.parent)
 
