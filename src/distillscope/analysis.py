@@ -168,7 +168,9 @@ def teacher_ranking(
         lo, hi = _percentile_ci(boots[a] - boots[b], level)
         gaps.append(float(ma - mb)), glo.append(lo), ghi.append(hi)
     out["gap_to_next"], out["gap_ci_low"], out["gap_ci_high"] = gaps, glo, ghi
-    out["separated"] = (out["gap_ci_low"] > 0) | (out["gap_ci_high"] < 0)
+    # a bound within rounding of zero (ties at most nodes) does not exclude zero
+    eps = 1e-9
+    out["separated"] = (out["gap_ci_low"] > eps) | (out["gap_ci_high"] < -eps)
     return out[cols].reset_index(drop=True)
 
 

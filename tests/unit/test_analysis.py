@@ -306,3 +306,23 @@ def test_analyze_empty_nodes_does_not_crash():
     res = A.analyze(empty, n_boot=10, n_perm=10)
     assert res["teacher_ranking"].empty
     assert A.summarize(empty, res)["run/n_questions"] == 0
+
+
+def test_ranking_gap_at_rounding_noise_is_not_separated():
+    """Regression: two teachers equal at every node up to float noise must not be reported as
+    separated (a CI bound of 1e-17 does not exclude zero)."""
+    import pandas as pd
+
+    from distillscope.analysis import teacher_ranking
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for q in range(6):
+        for d in range(5):
+            a = float(rng.uniform(-1, 1))
+            for t, x in (("a", a + 1e-17), ("b", a)):
+                rows.append({"qid": f"q{q}", "path_id": 0, "depth": d, "teacher": t,
+                             "method": "gkd", "align": x, "sr_range": 0.5,
+                             "path_correct": True})
+    rank = teacher_ranking(pd.DataFrame(rows), n_boot=200, seed=0)
+    assert not rank["separated"].any()
