@@ -320,7 +320,7 @@ def test_ranking_gap_at_rounding_noise_is_not_separated():
     for q in range(6):
         for d in range(5):
             a = float(rng.uniform(-1, 1))
-            for t, x in (("a", a + 1e-17), ("b", a)):
+            for t, x in (("a", float(np.nextafter(a, 2.0))), ("b", a)):  # one ulp apart
                 rows.append({"qid": f"q{q}", "path_id": 0, "depth": d, "teacher": t,
                              "method": "gkd", "align": x, "sr_range": 0.5,
                              "path_correct": True})
