@@ -81,6 +81,9 @@ def main() -> None:
                     help="torch CPU threads (1 is far faster on a machine shared with other jobs)")
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     ap.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
+    ap.add_argument("--force", action="store_true",
+                    help="reuse run directories made with other settings (e.g. fewer questions: "
+                         "finished questions are kept, unfinished ones dropped)")
     args = ap.parse_args()
 
     if args.threads:
@@ -99,7 +102,7 @@ def main() -> None:
         out = args.out / task
         cfg = parse_config(config_for(task, path, args), f"replicate {task}")
         print(f"== {task}: {getattr(args, task)} questions -> {out}", flush=True)
-        run(cfg, out)
+        run(cfg, out, force=args.force)
         write_report(out)
         store = RunStore(out)
         n = store.read("nodes")
