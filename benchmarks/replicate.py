@@ -146,8 +146,8 @@ def main() -> None:
         "Correct vs incorrect (GKD, all teachers pooled; CIs and p from question-clustered "
         "bootstrap / permutation; Welch on nodes for comparison):\n",
         to_markdown(cvi[cvi_cols]),
-        "\nPer teacher (mean cosine):\n",
-        to_markdown(by_teacher[[c for c in ["teacher", "correct", "incorrect", "delta",
+        "\nPer teacher:\n",
+        to_markdown(by_teacher[[c for c in ["teacher", "metric", "correct", "incorrect", "delta",
                                             "delta_ci_low", "delta_ci_high", "p_perm",
                                             "n_questions_mixed"] if c in by_teacher.columns]]),
         "\nTeacher ranking (mean GKD alignment, 95% CI over questions):\n",
