@@ -59,3 +59,31 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     )
     blob = json.dumps({"vocab": vocab, "special": specials}, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+class ChatTokenizerMixin:
+    """Text side of the model protocol for backends holding an HF tokenizer: needs
+    `self.tokenizer`, `self.system_prompt` and `self.enable_thinking`."""
+
+    tokenizer: Any
+    system_prompt: str | None
+    enable_thinking: bool
+
+    def tokenizer_fingerprint(self) -> str:
+        return tokenizer_fingerprint(self.tokenizer)
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = render_chat(
+            self.tokenizer,
+            messages,
+            system_prompt=self.system_prompt,
+            enable_thinking=self.enable_thinking,
+        )
+        return self.encode(text)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Faithful decoding, special tokens shown (Completion.text hides them)."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)

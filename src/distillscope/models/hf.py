@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from distillscope.models.base import ModelError
-from distillscope.models.chat import render_chat, tokenizer_fingerprint
+from distillscope.models.chat import ChatTokenizerMixin
 from distillscope.types import Completion, FinishReason, SampleRequest, SamplingParams
 
 if TYPE_CHECKING:
@@ -466,7 +466,7 @@ class _Job:
     count: int
 
 
-class HFModel:
+class HFModel(ChatTokenizerMixin):
     """A transformers causal LM behind the `LanguageModel` protocol.
 
     Options (keyword arguments; `ModelSpec.options` for `load_hf_model`) are listed in
@@ -545,24 +545,6 @@ class HFModel:
     def device(self) -> str:
         return str(self._device)
 
-    def tokenizer_fingerprint(self) -> str:
-        return tokenizer_fingerprint(self.tokenizer)
-
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        text = render_chat(
-            self.tokenizer,
-            messages,
-            system_prompt=self.system_prompt,
-            enable_thinking=self.enable_thinking,
-        )
-        return self.encode(text)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Faithful decoding, special tokens shown (Completion.text hides them)."""
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     # -- protocol: scoring --
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from distillscope.models.base import ModelError
-from distillscope.models.chat import render_chat, tokenizer_fingerprint
+from distillscope.models.chat import ChatTokenizerMixin
 from distillscope.types import Completion, FinishReason, SampleRequest, SamplingParams
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ def completion_from_output(out: Any, eos_token_ids: Sequence[int]) -> Completion
     return Completion(token_ids=tokens, text=str(out.text), finish_reason=reason)
 
 
-class VLLMModel:
+class VLLMModel(ChatTokenizerMixin):
     """`LanguageModel` over a `vllm.LLM`. Sampling only."""
 
     def __init__(self, llm: Any, vllm: Any, *, name: str, spec: ModelSpec) -> None:
@@ -108,23 +108,6 @@ class VLLMModel:
     def device(self) -> str:
         return "cuda"
 
-    def tokenizer_fingerprint(self) -> str:
-        return tokenizer_fingerprint(self.tokenizer)
-
-    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        text = render_chat(
-            self.tokenizer,
-            messages,
-            system_prompt=self.system_prompt,
-            enable_thinking=self.enable_thinking,
-        )
-        return self.encode(text)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def sample(
         self, requests: Sequence[SampleRequest], params: SamplingParams
