@@ -11,11 +11,14 @@ code path: the pipeline does not know it runs on a cluster.
   about equal sample counts, one per actor, sends them out, and gathers the completions in
   request order. A group's samples depend only on its own seed (models/base.py), so the result
   is the in-process result, whatever actor drew it.
+* Text. Every rollout is decoded and graded on the driver, so it needs each model's tokenizer:
+  for an hf checkpoint it loads the tokenizer and config only (`models.hf.load_hf_text`), not
+  the weights.
 * Scoring. `RayModel.logprob_chunks` runs on the driver's own copy of the model, loaded on
-  first use (the driver also needs it for the tokenizer: every rollout is decoded and graded
-  there). `RayModel.score_path` runs `scoring.score_path` on an actor, where student and
-  teacher live, and ships back only `PathScores` (O(T + candidates) numbers); it is what a GPU
-  cluster wants, and is used by `scoring.score_path` when that delegates to it.
+  first use (only then are the weights loaded there). `RayModel.score_path` runs
+  `scoring.score_path` on an actor, where student and teacher live, and ships back only
+  `PathScores` (O(T + candidates) numbers); it is what a GPU cluster wants, and is used by
+  `scoring.score_path` when that delegates to it.
 * The store. Only the driver writes it, one complete unit at a time (store.py). Actors return
   values and hold no state that matters.
 * Faults. An actor that dies (process killed, node lost, out of memory) loses only the shard it
@@ -282,10 +285,11 @@ class WorkerPool:
 # ---------------------------------------------------------------------------------------------
 # The proxy
 class RayModel:
-    """A LanguageModel for the driver: sampling (and `score_path`) on the pool's actors, the
-    tokenizer and `logprob_chunks` on a local copy loaded on first use (`scoring_spec`, on
-    `driver_device` when given). Other attributes of the local copy (e.g. the toy model's
-    exact values) are reachable through the proxy."""
+    """A LanguageModel for the driver: sampling (and `score_path`) on the pool's actors; the
+    tokenizer from `text` (an hf checkpoint's tokenizer and config, no weights); and
+    `logprob_chunks` on a local copy loaded on first use (`scoring_spec`, on `driver_device`
+    when given). Other attributes of the local copy (e.g. the toy model's exact values) are
+    reachable through the proxy."""
 
     def __init__(self, spec: ModelSpec, pool: WorkerPool, *,
                  driver_device: str | None = None) -> None:
@@ -298,12 +302,29 @@ class RayModel:
             local = local.model_copy(update={"device": driver_device})
         self._local_spec = local
         self._local_model: LanguageModel | None = None
+        self._text: Any = None
 
     @property
     def local(self) -> LanguageModel:
         if self._local_model is None:
             self._local_model = load_model(self._local_spec)
         return self._local_model
+
+    @property
+    def text(self) -> Any:
+        """Tokenizer, vocabulary size, EOS and context length: for an hf checkpoint, its
+        tokenizer and config only (no weights on the driver unless something there scores);
+        otherwise the local copy."""
+        if self._local_model is not None:
+            return self._local_model
+        if self._text is None:
+            if self._local_spec.backend == "hf":
+                from distillscope.models.hf import load_hf_text
+
+                self._text = load_hf_text(self._local_spec)
+            else:
+                self._text = self.local
+        return self._text
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -313,19 +334,19 @@ class RayModel:
     # --- protocol: metadata and text, from the local copy -----------------------------------
     @property
     def name(self) -> str:
-        return self.local.name
+        return self.text.name
 
     @property
     def vocab_size(self) -> int:
-        return self.local.vocab_size
+        return self.text.vocab_size
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
-        return self.local.eos_token_ids
+        return self.text.eos_token_ids
 
     @property
     def max_context(self) -> int:
-        return self.local.max_context
+        return self.text.max_context
 
     @property
     def device(self) -> str:
@@ -333,16 +354,16 @@ class RayModel:
         return f"ray({where})"
 
     def tokenizer_fingerprint(self) -> str:
-        return self.local.tokenizer_fingerprint()
+        return self.text.tokenizer_fingerprint()
 
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        return self.local.encode_chat(messages)
+        return self.text.encode_chat(messages)
 
     def encode(self, text: str) -> list[int]:
-        return self.local.encode(text)
+        return self.text.encode(text)
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.local.decode(ids)
+        return self.text.decode(ids)
 
     # --- protocol: sampling on the actors ---------------------------------------------------
     def sample(

@@ -139,3 +139,41 @@ def test_cached_weights_reproduce_the_gguf_logits(smollm):
     probe = torch.tensor([smollm.encode_chat(HELLO)])
     with torch.no_grad():
         assert torch.equal(fresh(probe).logits, smollm.model(probe).logits)
+
+
+def test_text_side_without_weights_matches_the_loaded_model(smollm):
+    """`load_hf_text` (what a Ray driver loads) agrees with the full model on everything the
+    driver asks of it, and loads no weights."""
+    from distillscope.config import ModelSpec
+    from distillscope.models.hf import HFText, load_hf_text
+
+    spec = ModelSpec(model="embedded:smollm2-135m", device="cpu", dtype="float32")
+    text = load_hf_text(spec)
+    assert isinstance(text, HFText) and not hasattr(text, "model")
+    assert text.name == smollm.name
+    assert text.vocab_size == smollm.vocab_size
+    assert text.eos_token_ids == smollm.eos_token_ids
+    assert text.max_context == smollm.max_context
+    assert text.tokenizer_fingerprint() == smollm.tokenizer_fingerprint()
+    assert text.encode_chat(YES_NO) == smollm.encode_chat(YES_NO)
+    ids = smollm.encode("The answer is yes.")
+    assert text.decode(ids) == smollm.decode(ids) == "The answer is yes."
+
+
+def test_ray_driver_proxy_reads_text_without_loading_weights(smollm, monkeypatch):
+    """The driver's proxy answers tokenizer questions from `load_hf_text`; the weights are
+    loaded only when something on the driver scores."""
+    from distillscope import distributed as D
+    from distillscope.config import ModelSpec
+
+    loads = []
+    monkeypatch.setattr(D, "load_model", lambda spec: loads.append(spec) or smollm)
+    spec = ModelSpec(model="embedded:smollm2-135m", device="cpu", dtype="float32")
+    proxy = D.RayModel(spec, pool=object())  # type: ignore[arg-type]
+    assert proxy.encode_chat(HELLO) == smollm.encode_chat(HELLO)
+    assert (proxy.vocab_size, proxy.eos_token_ids) == (smollm.vocab_size, smollm.eos_token_ids)
+    assert proxy.tokenizer_fingerprint() == smollm.tokenizer_fingerprint()
+    assert loads == []
+    ctx, resp = smollm.encode_chat(HELLO), smollm.encode("Hi!")
+    chunk = next(iter(proxy.logprob_chunks(ctx, resp)))
+    assert len(loads) == 1 and chunk.shape == (len(resp), smollm.vocab_size)
