@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["chat_messages", "render_chat", "tokenizer_fingerprint"]
+__all__ = ["chat_messages", "default_eos", "render_chat", "tokenizer_fingerprint"]
 
 
 def chat_messages(
@@ -59,6 +59,17 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     )
     blob = json.dumps({"vocab": vocab, "special": specials}, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def default_eos(config: Any, generation_config: Any, tokenizer: Any) -> tuple[int, ...]:
+    """The EOS set: the generation config's eos_token_id (else the model config's), plus the
+    tokenizer's EOS token."""
+    eos = getattr(generation_config, "eos_token_id", None)
+    eos = getattr(config, "eos_token_id", None) if eos is None else eos
+    ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return tuple(sorted(int(i) for i in ids))
 
 
 class ChatTokenizerMixin:

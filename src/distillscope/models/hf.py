@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from distillscope.models.base import ModelError
-from distillscope.models.chat import ChatTokenizerMixin
+from distillscope.models.chat import ChatTokenizerMixin, default_eos
 from distillscope.models.decode import _KV, _Runner, _State, draw_tokens, group_uniforms
 from distillscope.types import Completion, FinishReason, SampleRequest, SamplingParams
 
@@ -112,17 +112,6 @@ def _source(spec: ModelSpec) -> tuple[dict[str, Any], str]:
     if is_embedded(spec.model):
         source = str(resolve_embedded(spec.model, opts.get("cache_dir")))
     return opts, source
-
-
-def default_eos(config: Any, generation_config: Any, tokenizer: Any) -> tuple[int, ...]:
-    """The EOS set: the generation config's eos_token_id (else the model config's), plus the
-    tokenizer's EOS token."""
-    eos = getattr(generation_config, "eos_token_id", None)
-    eos = getattr(config, "eos_token_id", None) if eos is None else eos
-    ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return tuple(sorted(int(i) for i in ids))
 
 
 def load_hf_text(spec: ModelSpec) -> HFText:
