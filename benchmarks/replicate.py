@@ -24,6 +24,8 @@ import argparse
 import datetime as dt
 import json
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -49,7 +51,8 @@ def config_for(task: str, path: Path, args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "student": {"backend": "hf", "model": "embedded:smollm2-135m", "device": args.device},
         "teachers": TEACHERS,
-        "task": {"name": task, "path": str(path), "limit": getattr(args, task)},
+        "task": {"name": task, "path": str(path),
+                 **pick(path, getattr(args, task), args.pick if task == "mmlu" else "first")},
         "sampling": {"temperature": 1.0, "max_new_tokens": args.max_new_tokens,
                      "batch_groups": 8},
         "context": {"demo_temperature": 0.7, "max_trials": args.max_trials},
@@ -60,6 +63,18 @@ def config_for(task: str, path: Path, args: argparse.Namespace) -> dict:
     }
 
 
+def pick(path: Path, n: int, how: str) -> dict:
+    """The task's question selection: the first n rows, or n rows spread evenly over the file
+    (MMLU's file is sorted by subject, so its first rows are all abstract algebra)."""
+    if how == "first":
+        return {"limit": n}
+    with open(path, encoding="utf-8") as fh:
+        ids = [json.loads(line)["id"] for line in fh if line.strip()]
+    if n > len(ids):
+        raise SystemExit(f"{path} has {len(ids)} questions, {n} asked for")
+    return {"ids": [ids[i * len(ids) // n] for i in range(n)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
@@ -67,6 +82,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--boolq", type=int, default=10, help="BoolQ questions (first N of the file)")
     ap.add_argument("--mmlu", type=int, default=10, help="MMLU questions")
+    ap.add_argument("--pick", default="spread", choices=["spread", "first"],
+                    help="MMLU questions: spread evenly over the file (one subject each) or the "
+                         "first N (BoolQ always takes the first N)")
     ap.add_argument("--G", type=int, default=32)
     ap.add_argument("--n-min", dest="n_min", type=int, default=32)
     ap.add_argument("--n-sig", dest="n_sig", type=int, default=16)
@@ -135,9 +153,9 @@ def main() -> None:
     section = [
         f"\n## Replication: correct vs incorrect paths ({dt.date.today().isoformat()})\n",
         f"Device: {args.device} ({platform.processor() or platform.machine()}), "
-        f"{elapsed / 60:.0f} min. Command: `.venv/bin/python benchmarks/replicate.py "
-        f"--device {args.device} --boolq {args.boolq} --mmlu {args.mmlu} --G {args.G} "
-        f"--n-min {args.n_min} --n-sig {args.n_sig}`\n",
+        f"{elapsed / 60:.0f} min for this invocation (finished questions of an earlier, "
+        "interrupted invocation are reused, not re-run). Command: `.venv/bin/python "
+        f"benchmarks/replicate.py {shlex.join(sys.argv[1:])}`\n",
         f"Student SmolLM2-135M-Instruct (GGUF Q4_1), teachers {[t['name'] for t in TEACHERS]}; "
         f"budget G={args.G}, N_min={args.n_min}, N_sig={args.n_sig}, top_k=top_r={args.top_k}, "
         f"window base {args.window_base}, max_new_tokens {args.max_new_tokens} "
