@@ -217,10 +217,40 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the configuration file is empty (see configs/ for presets)")
     for key, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        _set_dotted(data, key, value)
     return parse_config(data, str(path))
+
+
+def _set_dotted(data: Any, key: str, value: Any) -> None:
+    """data[a][b]...[leaf] = value for key "a.b...leaf": mappings are created on the way, a
+    list is entered by an integer index ("teachers.0.name"); anything else is an error."""
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        elif isinstance(node, list):
+            if not (part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node)):
+                raise ConfigError(
+                    f"override '{key}': '{where}' must be an index of the list of "
+                    f"{len(node)} item(s) above it"
+                )
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        else:
+            above = ".".join(parts[:i])
+            raise ConfigError(
+                f"override '{key}': '{above}' holds {node!r}, not a mapping or a list"
+            )

@@ -81,6 +81,13 @@ class RichReporter:
                     progress.advance(task, n)
 
             yield _Bar()
+            # The phase is done: a total that was an estimate (targeted rollouts stop early
+            # when the cascade already gave a child its visits) or unknown (adaptive budget)
+            # must not leave a finished bar at 27446/28282 with an ETA.
+            t = next(t for t in progress.tasks if t.id == task)
+            speed = t.finished_speed or t.speed
+            progress.update(task, total=t.completed)
+            t.finished_speed = speed
 
     def log(self, message: str) -> None:
         self.console.print(message)

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from distillscope.analysis import decision_points
-from distillscope.report.data import PathView, load_run, path_views, visible
+from distillscope.report.data import PathView, Run, load_run, path_views, visible
 from distillscope.report.html import STOPS
 
 NOT_DECISION = Style(color="grey50")
@@ -109,6 +109,24 @@ def default_teacher(run_dir: str | Path, method: str = "gkd") -> str:
     return str(means.idxmax())
 
 
+def resolve_question(run: Run, qid: str | int) -> str:
+    """The question id meant by `qid`: an id of the run, or else a 0-based index into the
+    run's questions (in run order)."""
+    qids = [str(q) for q in run.tables["questions"]["qid"]] if "questions" in run.tables else []
+    qids = qids or sorted({str(q) for q in run.tables["paths"]["qid"]})
+    q = str(qid).strip()
+    if q in qids:
+        return q
+    if q.isdigit():
+        if int(q) < len(qids):
+            return qids[int(q)]
+        raise KeyError(f"question index {q} is out of range: {run.run_dir} has {len(qids)} "
+                       f"question(s), indices 0..{len(qids) - 1}")
+    shown = ", ".join(qids[:10]) + (f", ... ({len(qids)} in all)" if len(qids) > 10 else "")
+    raise KeyError(f"no question {q!r} in {run.run_dir}; questions: {shown or 'none'} "
+                   "(--question also takes a 0-based index)")
+
+
 def render_path(
     run_dir: str | Path,
     qid: str,
@@ -118,9 +136,10 @@ def render_path(
     *,
     method: str = "gkd",
 ) -> None:
-    """Print path `path_id` of question `qid`, coloured by the alignment of `teacher` (default:
-    the teacher with the best mean alignment) under `method`."""
-    run = load_run(run_dir, ("paths", "children", "distributions", "nodes"))
+    """Print path `path_id` of question `qid` (an id, or a 0-based index into the run's
+    questions), coloured by the alignment of `teacher` (default: the teacher with the best
+    mean alignment) under `method`."""
+    run = load_run(run_dir, ("questions", "paths", "children", "distributions", "nodes"))
     console = console or Console()
     if teacher is None:
         teacher = default_teacher(run_dir, method)
@@ -128,11 +147,14 @@ def render_path(
         raise ValueError(f"unknown teacher {teacher!r}; this run has: {', '.join(run.teachers)}")
     if method not in run.methods:
         raise ValueError(f"unknown method {method!r}; this run has: {', '.join(run.methods)}")
-    views = path_views(run, only=(str(qid), int(path_id)))
+    qid = resolve_question(run, qid)
+    views = path_views(run, only=(qid, int(path_id)))
     if not views:
         paths = run.tables["paths"]
-        have = ", ".join(f"{q}/{p}" for q, p in zip(paths["qid"], paths["path_id"], strict=True))
-        raise KeyError(f"no path {qid}/{path_id} in {run_dir}; paths: {have or 'none'}")
+        have = sorted(int(p) for p in paths.loc[paths["qid"] == qid, "path_id"])
+        raise KeyError(f"no path {qid}/{path_id} in {run_dir}; question {qid} has "
+                       + (f"paths {', '.join(map(str, have))}" if have else
+                          "no representative path (excluded, or its tree is not built)"))
     view = views[0]
     scored = [a for n in view.nodes.values()
               if math.isfinite(a := n.align.get((teacher, method), math.nan))]

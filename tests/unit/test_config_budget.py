@@ -71,6 +71,22 @@ def test_overrides_and_fingerprint_ignores_teachers(tmp_path):
     assert parse_config({"seed": 4}).fingerprint() != parse_config({"seed": 3}).fingerprint()
 
 
+def test_overrides_enter_lists_by_index_and_name_what_blocks_them(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"tree": {"G": 5}, "task": {"ids": None},
+                                 "teachers": [{"name": "a"}, {"name": "b"}]}))
+    cfg = load_config(p, {"teachers.1.name": "c", "teachers.-2.name": "z", "task.limit": 2})
+    assert [t.name for t in cfg.teachers] == ["z", "c"] and cfg.task.limit == 2
+    with pytest.raises(ConfigError, match=r"'teachers\.2' must be an index .* 2 item"):
+        load_config(p, {"teachers.2.name": "x"})
+    with pytest.raises(ConfigError, match=r"'tree\.G' holds 5"):
+        load_config(p, {"tree.G.x": 1})
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# only a comment\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(empty, {"tree.G": 3})
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_validates(path):
     load_config(path)

@@ -186,6 +186,8 @@ def test_show_renders_path_legend_and_decision_table(run_dir):
 def test_show_errors_name_the_choices(run_dir):
     with pytest.raises(ValueError, match="self-1c"):
         render_path(run_dir, "q0", 0, teacher="nobody", console=_console())
-    with pytest.raises(KeyError, match="q0/0"):
+    with pytest.raises(KeyError, match="q0, q1"):
         render_path(run_dir, "q9", 0, console=_console())
+    with pytest.raises(KeyError, match="question q0 has paths 0, 1"):
+        render_path(run_dir, "q0", 7, console=_console())
     assert default_teacher(run_dir) == "self-1c"

@@ -121,11 +121,15 @@ def _atomic_write(path: Path, data: bytes | str) -> None:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table (floats to 4 decimals, NaN empty, '|' escaped)."""
+    """A GitHub-flavoured Markdown table (floats to 4 decimals, or 3 significant digits below
+    5e-4 so that small p-values do not print as 0; NaN empty; '|' escaped)."""
 
     def cell(x: Any) -> str:
         if isinstance(x, float):
-            return "" if not math.isfinite(x) else f"{x:.4f}"
+            if not math.isfinite(x):
+                return ""
+            # 4 decimals, but never round a small non-zero value (a p-value) to 0.0000
+            return f"{x:.2e}" if 0 < abs(x) < 5e-4 else f"{x:.4f}"
         return str(x).replace("|", "\\|").replace("\n", " ")
 
     cols = [str(c) for c in df.columns]
@@ -149,6 +153,46 @@ def _unique(nodes: pd.DataFrame, col: str) -> str | None:
     return ", ".join(vals) if vals else None
 
 
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    """Nested config -> flat slash keys; a list of named mappings (teachers) is keyed by
+    name, any other list is kept as a JSON string."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}/{k}", v, out)
+    elif isinstance(value, list):
+        if value and all(isinstance(v, dict) and "name" in v for v in value):
+            for v in value:
+                _flatten(f"{prefix}/{v['name']}", {k: x for k, x in v.items() if k != "name"},
+                         out)
+        else:
+            out[prefix] = json.dumps(value, default=str)
+    else:
+        out[prefix] = value
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """What was run, as flat summary.json keys: the resolved config (`config/...`), the
+    provenance (`run/...`, `versions/...`) and the rollouts spent (`rollouts/...`)."""
+    p = run.provenance
+    out: dict[str, Any] = {}
+    _flatten("config", run.config, out)
+    for key, label in provenance_items(run):
+        if key not in ("versions", "teachers", "rollouts"):
+            out[f"run/{key.replace(' ', '_').lower()}"] = label
+    out["run/teachers_scored"] = ", ".join(run.teachers)
+    out["run/config_fingerprint"] = p.get("config_fingerprint")
+    out["run/platform"] = p.get("platform")
+    for k, v in p.items():
+        if k.startswith("rollouts/"):
+            out[k] = v
+    versions = p.get("versions") or {}
+    if isinstance(versions, dict):
+        for k, v in versions.items():
+            out[f"versions/{k}"] = v
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in out.items()}
+
+
 def provenance_items(run: Run) -> list[tuple[str, Any]]:
     p, c = run.provenance, run.config
     versions = p.get("versions") or p.get("packages") or {}
@@ -167,6 +211,9 @@ def provenance_items(run: Run) -> list[tuple[str, Any]]:
         ("restrict", _first((c.get("scoring") or {}).get("restrict"), p.get("restrict"),
                             _unique(run.nodes, "restrict")) or "unknown"),
         ("N_sig", run.n_sig),
+        ("rollouts", f"{p['rollouts/total']:,} ({p.get('rollouts/initial', 0):,} initial, "
+                     f"{p.get('rollouts/targeted', 0):,} targeted)"
+         if isinstance(p.get("rollouts/total"), int) else "unknown"),
         ("device", _first(p.get("device"), p.get("hardware")) or "unknown"),
         ("python", _first(p.get("python")) or "unknown"),
         ("versions", ver or "unknown"),
@@ -193,8 +240,11 @@ def write_report(
     nodes = run.nodes
     results = analysis.analyze(nodes, method, seed=seed, n_boot=n_boot, n_perm=n_perm)
     summary = analysis.summarize(nodes, results, method)
+    summary.update(run_summary(run))
     summary["report/seed"] = seed
     summary["report/method"] = method
+    summary["report/n_boot"] = n_boot
+    summary["report/n_perm"] = n_perm
 
     # tables
     for name, df in results.items():

@@ -78,8 +78,10 @@ def load_run(run_dir: str | Path, names: tuple[str, ...] | None = None) -> Run:
     from distillscope.schemas import SCHEMAS
 
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    if not run_dir.exists():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
+    if not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir} is a file, not a run directory")
     tables = {n: read_table(run_dir, n) for n in (names or tuple(SCHEMAS))}
     prov_path = run_dir / "provenance.json"
     prov = json.loads(prov_path.read_text(encoding="utf-8")) if prov_path.is_file() else {}

@@ -86,6 +86,12 @@ def ranking_plot(ranking: pd.DataFrame, method: str = "gkd") -> bytes:
     ax.scatter(m, y, c=colors, s=36, zorder=3)
     ax.axvline(0, color="#333333", linewidth=0.8)
     ax.set_yticks(y, [f"{t}  (n={k})" for t, k in zip(r["teacher"], r["n_nodes"], strict=True)])
+    for yi, v in zip(y, m, strict=True):
+        if not np.isfinite(v):  # an empty row would otherwise look like a missing point
+            ax.text(-1.0, yi, "no defined alignment (zero-norm gradients)", va="center",
+                    ha="left", fontsize=8, color=NEUTRAL, style="italic")
+    ax.set_xlim(-1.08, 1.08)
+    ax.set_ylim(-0.6, n - 0.4)  # every row on the canvas, even one without a point
     ax.set_xlabel(f"mean alignment cos(ideal, {method})  ·  95% CI, questions resampled")
     ax.set_title("Teacher ranking by gradient alignment", loc="left")
     _style(ax)
@@ -176,7 +182,7 @@ def path_depth_plot(nodes: pd.DataFrame, teacher: str, method: str = "gkd",
     fig = _figure(8.0, height, layout=None)  # fixed margins: constrained layout is slow here
     if keys.empty:
         return _empty(fig, f"no scored decision point for teacher {teacher}")
-    fig.subplots_adjust(left=0.07, right=0.86, top=1 - 0.4 / height, bottom=0.5 / height,
+    fig.subplots_adjust(left=0.09, right=0.86, top=1 - 0.4 / height, bottom=0.5 / height,
                         hspace=0.3)
     axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)[:, 0]
     for ax, k in zip(axes, keys.itertuples(), strict=True):
@@ -194,6 +200,7 @@ def path_depth_plot(nodes: pd.DataFrame, teacher: str, method: str = "gkd",
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _style(ax)
     axes[-1].set_xlabel("depth (token position)")
+    fig.supylabel(f"alignment cos(ideal, {method}) at decision points", x=0.01, fontsize=9)
     fig.suptitle(f"Alignment along the path, teacher {teacher}, {method}", x=0.01,
                  ha="left", fontsize=10)
     return _png(fig)
