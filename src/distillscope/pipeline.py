@@ -243,7 +243,9 @@ def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, d
 def _initial_rollouts(rt: Runtime, q: Question, bar) -> pd.DataFrame:
     key = _qkey(rt, q)
     unit = f"{key}/a-init"
-    if not rt.store.is_done(unit):
+    if rt.store.is_done(unit):
+        bar.skip(rt.config.tree.G)
+    else:
         cfg = rt.config.tree
         ctx = tuple(rt.student_ctx[q.qid])
         reqs = []
@@ -253,7 +255,7 @@ def _initial_rollouts(rt: Runtime, q: Question, bar) -> pd.DataFrame:
             reqs.append((SampleRequest(ctx, n, seed), {"origin": "initial"}))
         rows = _sample_rows(rt, q, reqs, first_id=0)
         rt.store.commit(unit, {"rollouts": rows})
-    bar.advance(rt.config.tree.G)
+        bar.advance(rt.config.tree.G)
     return rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
 
 
@@ -337,7 +339,7 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
     cfg = rt.config.tree
     key = _qkey(rt, q)
     if rt.store.is_done(f"{key}/z-children"):
-        bar.advance(cfg.G)
+        bar.skip(cfg.G)
         return None
     init = _initial_rollouts(rt, q, bar)
     if len(init) and (init.finish_reason == "length").all():
@@ -419,13 +421,14 @@ def _targeted(rt: Runtime, plan: Plan, bar) -> None:
                              {"origin": "targeted", "path_id": pid, "depth": d}))
         if rt.store.is_done(unit):
             rows = rt.store.read("rollouts", unit_prefix=unit)
+            bar.skip(len(rows))
         else:
             rows = pd.DataFrame(_sample_rows(rt, q, reqs, first_id=plan.next_id))
             rt.store.commit(unit, {"rollouts": rows})
+            bar.advance(len(rows))
         plan.next_id += len(rows)
         for tree in trees.values():
             tree.add(list(rows.response_ids), rows.forced_len.to_numpy(), rows.reward.to_numpy())
-        bar.advance(len(rows))
         u += 1
 
 
@@ -483,19 +486,21 @@ def _lookup(pos, tok, val) -> dict[tuple[int, int], float]:
 
 # ---------------------------------------------------------------------------------------------
 # Phase 2: per teacher
-def phase2_teacher_question(rt: Runtime, t: Teacher, q: Question) -> None:
+def phase2_teacher_question(rt: Runtime, t: Teacher, q: Question) -> bool:
+    """Score teacher `t` on question `q` unless done before; True when this call scored."""
     key = _qkey(rt, q)
     unit = f"{key}/c-score-{t.spec.name}"
     if rt.store.is_done(unit) or q.qid not in t.contexts:
-        return
+        return False
     children = rt.store.read("children", unit_prefix=f"{key}/z-children")
     paths = rt.store.read("paths", unit_prefix=f"{key}/z-children")
     init = rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
     if not len(paths):
         rt.store.commit(unit, {})
-        return
+        return True
     nodes, dists = score_teacher_on_question(rt, t, q, paths, children, init)
     rt.store.commit(unit, {"nodes": nodes, "distributions": dists})
+    return True
 
 
 def score_teacher_on_question(rt: Runtime, t: Teacher, q: Question, paths: pd.DataFrame,
@@ -647,13 +652,17 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
         ) as bar:
             for t in rt.teachers:
                 for q in rt.questions:
-                    phase2_teacher_question(rt, t, q)
-                    bar.advance()
+                    if phase2_teacher_question(rt, t, q):
+                        bar.advance()
+                    else:
+                        bar.skip()
     prov = store.read_json("provenance.json")
     prov.update(provenance(rt))
     prov.update(rollout_counts(store))
+    # seconds summed over the invocations that completed (a killed one records nothing)
     for k, v in rt.timer.metrics.items():
-        prov[k] = prov.get(k, 0.0) + v if k in prov and teachers_only else v
+        prov[k] = prov.get(k, 0.0) + v
+    prov["invocations"] = int(prov.get("invocations", 0)) + 1
     prov["unavailable_demos"] = rt.unavailable
     prov["teachers_scored"] = sorted(set(prov.get("teachers_scored", []))
                                      | ({t.spec.name for t in rt.teachers} if score else set()))

@@ -14,7 +14,11 @@ from typing import Protocol
 
 
 class Bar(Protocol):
-    def advance(self, n: float = 1) -> None: ...
+    def advance(self, n: float = 1) -> None:
+        """n units of work done now."""
+
+    def skip(self, n: float = 1) -> None:
+        """n units found already done (a resumed run): out of the total, not in the rate."""
 
 
 class Reporter(Protocol):
@@ -25,6 +29,9 @@ class Reporter(Protocol):
 
 class _NullBar:
     def advance(self, n: float = 1) -> None:
+        pass
+
+    def skip(self, n: float = 1) -> None:
         pass
 
 
@@ -77,8 +84,21 @@ class RichReporter:
             task = progress.add_task(description, total=total)
 
             class _Bar:
+                skipped = 0.0
+
                 def advance(self, n: float = 1) -> None:
                     progress.advance(task, n)
+
+                def skip(self, n: float = 1) -> None:
+                    # work a resumed run replays: shrink the total, so the rate and the ETA
+                    # describe this invocation's work only, and say how much was found done
+                    if not n:
+                        return
+                    self.skipped += n
+                    t = next(t for t in progress.tasks if t.id == task)
+                    total = None if t.total is None else max(t.completed, t.total - n)
+                    progress.update(task, total=total,
+                                    description=f"{description} ({self.skipped:,.0f} done before)")
 
             yield _Bar()
             # The phase is done: a total that was an estimate (targeted rollouts stop early

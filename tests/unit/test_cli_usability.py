@@ -201,6 +201,28 @@ def test_rerun_says_that_it_resumed_and_what_it_reused(toy_run):
     assert f"run total {prov['rollouts/total']:,} rollouts" in second.output
 
 
+def test_a_resumed_run_adds_its_time_and_counts_its_invocations(toy_run):
+    run, first, second = toy_run
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["invocations"] == 2
+    assert prov["time/phase1"] > 0 and prov["time/phase2"] > 0
+
+
+def test_work_found_done_leaves_the_rate_and_the_total():
+    """A resumed phase shows how much was done before; its rate and ETA are about new work."""
+    buf = io.StringIO()
+    rep = RichReporter(Console(file=buf, width=140))
+    with rep.bar("phase 1: initial rollouts", 100, unit="rollouts") as bar:
+        bar.skip(60)
+        bar.advance(40)
+    text = buf.getvalue()
+    assert "(60 done before)" in text and "40/40" in text and "100/100" not in text
+    with rep.bar("phase 2: scoring", 3, unit="questions") as bar:
+        for _ in range(3):
+            bar.skip()
+    assert "(3 done before)" in buf.getvalue() and "0/0" in buf.getvalue()
+
+
 def test_summary_json_says_what_was_run(toy_run):
     run, _, _ = toy_run
     summary = json.loads((run / "report" / "summary.json").read_text())
