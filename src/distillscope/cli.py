@@ -382,13 +382,16 @@ def screen(
 def report(
     run_dir: Path = RUN_DIR_ARG,
     seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
+    method: str = typer.Option("gkd", help=f"Gradient the report ranks by: {METHODS}."),
 ) -> None:
     """Write summary.json, CSV/Markdown tables, PNG plots and report.html into RUN_DIR/report.
 
     Also prints the teacher ranking (the same numbers as the report's table 1)."""
     try:
         _check_run_dir(run_dir)
-        _print_ranking(_write_report(run_dir, seed=seed), run_dir)
+        if method not in ("gkd", "sampled", "minillm", "drgrpo"):
+            raise ConfigError(f"--method must be one of {METHODS}; got '{method}'")
+        _print_ranking(_write_report(run_dir, seed=seed, method=method), run_dir, method)
     except _errors() as err:
         _fail(err)
 

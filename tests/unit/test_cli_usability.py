@@ -188,6 +188,22 @@ def test_cli_ranking_uses_the_report_seed(run_dir, tmp_path):
     assert f"[{seed0.ci_low:+.3f}, {seed0.ci_high:+.3f}]" != ci
 
 
+def test_report_ranks_by_the_method_asked_for(run_dir, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    res = invoke("report", run, "--method", "minillm")
+    assert res.exit_code == 0, res.output
+    assert "mean MINILLM alignment" in res.output
+    csv = pd.read_csv(run / "report" / "tables" / "teacher_ranking.csv")
+    expect = analysis.teacher_ranking(load_run(run).nodes, "minillm", seed=0)
+    assert list(csv.teacher) == list(expect.teacher)
+    assert np.allclose(csv["mean"], expect["mean"])
+    res = invoke("report", run, "--method", "kl")
+    assert res.exit_code == 2 and "--method must be one of" in res.output
+
+
 # ---------------------------------------------------------------------------------------------
 # A real (toy) run through the CLI
 
