@@ -103,6 +103,13 @@ class ContextConfig(_Strict):
     max_trials: int = Field(60, ge=1, description="Demo samples per question before giving up.")
     demo_max_new_tokens: int | None = Field(None, description="Default: sampling.max_new_tokens.")
     summarizer: ModelSpec | None = Field(None, description="Summariser; null = the student.")
+    missing_demos: Literal["exclude_question", "skip_teacher"] = Field(
+        "exclude_question",
+        description="A question where a self-* teacher finds no demonstration within "
+        "max_trials: exclude_question = leave it out for every teacher (rankings compare "
+        "teachers on the same questions); skip_teacher = keep it, score only the teachers "
+        "that have a context there (more questions; each teacher's n_questions may differ).",
+    )
 
 
 class ScreenConfig(_Strict):
@@ -180,7 +187,15 @@ class RunConfig(_Strict):
         data = self.model_dump(mode="json")
         for key in exclude:
             data.pop(key, None)
+        # fields added after run directories existed count only when set away from their
+        # default, so those runs keep their fingerprint (and resume)
+        for section, key, default in _LATER_FIELDS:
+            if data.get(section, {}).get(key, default) == default:
+                data.get(section, {}).pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_LATER_FIELDS = (("context", "missing_demos", "exclude_question"),)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,7 +122,8 @@ def phase0(rt: Runtime, cache: dict[str, LanguageModel] | None = None) -> None:
     """Build every teacher's context for every question. self-* modes need demonstrations
     (and summaries), generated once per (question, source model) and stored in the run
     (RUN_DIR/demos.parquet); a question whose demos cannot be found within
-    context.max_trials is recorded in `rt.unavailable` and excluded from the tree."""
+    context.max_trials is recorded in `rt.unavailable` and, by `context.missing_demos`, either
+    excluded from the tree or kept without that teacher."""
     from distillscope import contexts
 
     cfg = rt.config
@@ -349,8 +350,9 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
             f"never stops, or the budget is too small for it; raise sampling.max_new_tokens"
         )
     pass_rate = float(init.reward.mean()) if len(init) else 0.0
-    if q.qid in rt.unavailable:
-        note = "excluded: no demonstration for " + ", ".join(rt.unavailable[q.qid])
+    skipped = rt.unavailable.get(q.qid, [])
+    if skipped and rt.config.context.missing_demos == "exclude_question":
+        note = "excluded: no demonstration for " + ", ".join(skipped)
         paths = pd.DataFrame()
     elif pass_rate == 0 and cfg.exclude_extremely_hard:
         note = "excluded: extremely hard (no correct initial rollout)"
@@ -364,6 +366,8 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
             notes.append(f"only {n_c} correct path(s) exist")
         if n_i < cfg.n_incorrect_paths:
             notes.append(f"only {n_i} incorrect path(s) exist")
+        if skipped:
+            notes.append("not scored for " + ", ".join(skipped))
         note = "; ".join(notes)
     qrow = {
         "qid": q.qid, "prompt": rt.task.user_message(q), "answer": json.dumps(q.answer),

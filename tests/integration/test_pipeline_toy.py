@@ -167,3 +167,25 @@ def test_cli_screen_writes_tables_7_to_9(tmp_path):
     # on toy a demonstration in context makes the student better (helpful self-teacher)
     assert float(t8.set_index("variant").loc["self-1c", "acc"]) > float(
         t8.set_index("variant").loc["baseline", "acc"])
+
+
+@pytest.mark.parametrize("policy", ["exclude_question", "skip_teacher"])
+def test_a_teacher_without_demonstrations_excludes_or_is_skipped(policy, tmp_path):
+    """self-3c needs three correct demos; two trials cannot give them. exclude_question leaves
+    every question out; skip_teacher keeps them and scores the teachers that have a context."""
+    cfg = toy_config(**{"task.options.n_questions": 2, "tree.G": 60, "tree.n_min": 20,
+                        "context.max_trials": 2, "context.missing_demos": policy})
+    teachers = [t for t in cfg.teachers if t.name == "helpful"]
+    three = cfg.teachers[-1].model_copy(update={"name": "self-3c", "mode": "self-3c"})
+    run(cfg.model_copy(update={"teachers": [*teachers, three]}), tmp_path)
+    store = RunStore(tmp_path)
+    q, nodes = store.read("questions"), store.read("nodes")
+    scored = q[~q.note.str.startswith("excluded")]
+    if policy == "exclude_question":
+        assert q.note.str.startswith("excluded: no demonstration for self-3c").all()
+        assert len(nodes) == 0
+    else:
+        assert len(scored) == 2 and scored.note.str.contains("not scored for self-3c").all()
+        assert len(nodes) and set(nodes.teacher) == {"helpful"}
+    prov = store.read_json("provenance.json")
+    assert set(prov["unavailable_demos"]) == set(q.qid)
