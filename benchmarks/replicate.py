@@ -83,8 +83,8 @@ def main() -> None:
     ap.add_argument("--boolq", type=int, default=10, help="BoolQ questions (first N of the file)")
     ap.add_argument("--mmlu", type=int, default=10, help="MMLU questions")
     ap.add_argument("--pick", default="spread", choices=["spread", "first"],
-                    help="MMLU questions: spread evenly over the file (one subject each) or the "
-                         "first N (BoolQ always takes the first N)")
+                    help="MMLU questions: spread evenly over the file (a different subject "
+                         "each, up to 57) or the first N (BoolQ always takes the first N)")
     ap.add_argument("--G", type=int, default=32)
     ap.add_argument("--n-min", dest="n_min", type=int, default=32)
     ap.add_argument("--n-sig", dest="n_sig", type=int, default=16)

@@ -141,7 +141,11 @@ def _state(run_dir: Path) -> tuple[int, dict[str, Any]]:
     store = RunStore(run_dir)
     if not run_dir.is_dir() or not store.exists():
         return 0, {}
-    return len(store.done_units()), store.read_json("provenance.json")
+    prov = store.read_json("provenance.json")
+    # rollouts counted in the store itself: provenance is written only by invocations that
+    # completed, so it can lag behind what a killed one committed
+    prov["rollouts/stored"] = store.count_rows("rollouts")
+    return len(store.done_units()), prov
 
 
 def _rollouts(prov: dict[str, Any]) -> str:
@@ -157,7 +161,7 @@ def _say_done(out: Path, before: tuple[int, dict[str, Any]], what: str) -> None:
     units0, prov0 = before
     units1, prov1 = _state(out)
     new_units = max(units1 - units0, 0)
-    new_ro = int(prov1.get("rollouts/total", 0)) - int(prov0.get("rollouts/total", 0))
+    new_ro = int(prov1.get("rollouts/stored", 0)) - int(prov0.get("rollouts/stored", 0))
     if units0 == 0:
         console.print(f"{what} {out}: {new_units} work unit(s) committed; {_rollouts(prov1)}.",
                       highlight=False, markup=False)
@@ -169,8 +173,7 @@ def _say_done(out: Path, before: tuple[int, dict[str, Any]], what: str) -> None:
     else:
         head = (f"resumed {out}: reused {units0} committed work unit(s), computed {new_units} "
                 "new")
-        # a killed run has no rollout count in its provenance yet: then only the total is known
-        spent = f"{max(new_ro, 0):,} new rollouts; " if "rollouts/total" in prov0 else ""
+        spent = f"{new_ro:,} new rollouts; "
     console.print(f"{head}; {spent}run total {_rollouts(prov1)}.", highlight=False,
                   markup=False)
 
@@ -188,7 +191,8 @@ def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> Non
     from rich.table import Table
 
     csv = report_html.parent / "tables" / "teacher_ranking.csv"
-    rank = (pd.read_csv(csv, keep_default_na=False, na_values=[""])  # a teacher may be "nan"
+    rank = (pd.read_csv(csv, keep_default_na=False, na_values=[""],  # a teacher may be "nan"
+                        dtype={"teacher": str})
             if csv.is_file() else pd.DataFrame())
     undefined = [str(t) for t, m in zip(rank.get("teacher", []), rank.get("mean", []),
                                         strict=True) if not math.isfinite(float(m))]
@@ -336,9 +340,18 @@ def score(
                                   "teacher")
             spec = _teacher_spec(teacher, mode, model, backend)
             cfg = cfg.model_copy(update={"teachers": [*cfg.teachers, spec]})
-        elif mode is not None and mode != known[teacher].mode:
-            raise ConfigError(f"teacher '{teacher}' is already in {run_dir} with mode "
-                              f"'{known[teacher].mode}'; choose another --teacher name")
+        elif mode is not None or model is not None:
+            # a name already in the run means that teacher: another mode or model is refused
+            have = known[teacher]
+            asked = _teacher_spec(teacher, mode or have.mode, model, backend)
+            same_model = model is None or (have.model is not None and asked.model is not None
+                                           and (have.model.model, have.model.backend)
+                                           == (asked.model.model, asked.model.backend))
+            if asked.mode != have.mode or not same_model:
+                where = f"mode '{have.mode}'" + (
+                    f", model '{have.model.model}' ({have.model.backend})" if have.model else "")
+                raise ConfigError(f"teacher '{teacher}' is already in {run_dir} with {where}; "
+                                  "choose another --teacher name for another teacher")
         before = _state(run_dir)
         already = teacher in before[1].get("teachers_scored", [])
         pipeline.run(cfg, run_dir, reporter=_reporter(), teachers_only=[teacher],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -188,7 +189,8 @@ class RunConfig(_Strict):
         for key in exclude:
             data.pop(key, None)
         # fields added after run directories existed count only when set away from their
-        # default, so those runs keep their fingerprint (and resume)
+        # default, so the fingerprint those runs recorded (provenance, Parquet metadata) stays
+        # the one this code computes for them
         for section, key, default in _LATER_FIELDS:
             if data.get(section, {}).get(key, default) == default:
                 data.get(section, {}).pop(key, None)
@@ -255,7 +257,7 @@ def _set_dotted(data: Any, key: str, value: Any) -> None:
                     node[part] = {}
                 node = node[part]
         elif isinstance(node, list):
-            if not (part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node)):
+            if not (re.fullmatch(r"-?\d+", part) and -len(node) <= int(part) < len(node)):
                 raise ConfigError(
                     f"override '{key}': '{where}' must be an index of the list of "
                     f"{len(node)} item(s) above it"

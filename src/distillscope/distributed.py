@@ -329,6 +329,13 @@ class RayModel:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        if self._local_model is None and self._local_spec.backend == "hf":
+            # capability probes (getattr(model, "exact_child_success", None)) must not load
+            # the weights: answer from the class before loading an instance
+            from distillscope.models.hf import HFModel
+
+            if not hasattr(HFModel, name):
+                raise AttributeError(name)
         return getattr(self.local, name)
 
     # --- protocol: metadata and text, from the local copy -----------------------------------

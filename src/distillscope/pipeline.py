@@ -166,6 +166,7 @@ def phase0(rt: Runtime, cache: dict[str, LanguageModel] | None = None) -> None:
                               source=src, need_correct=n["correct"], need_wrong=n["wrong"],
                               max_new_tokens=cfg.sampling.max_new_tokens, seed=cfg.seed,
                               progress=progress)
+                bar.skip(len(rt.questions) - done[0])  # questions whose demos were there before
             if n["sum_correct"] or n["sum_wrong"]:
                 bank.summarize(model_for(cfg.context.summarizer), rt.task, rt.questions,
                                cfg.context, source=src, n_correct=n["sum_correct"],
@@ -667,7 +668,11 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
     for k, v in rt.timer.metrics.items():
         prov[k] = prov.get(k, 0.0) + v
     prov["invocations"] = int(prov.get("invocations", 0)) + 1
-    prov["unavailable_demos"] = rt.unavailable
+    # merged: `score --teacher X` must not drop what earlier invocations recorded for others
+    unavailable = {q: list(v) for q, v in prov.get("unavailable_demos", {}).items()}
+    for qid, lacking in rt.unavailable.items():
+        unavailable[qid] = sorted(set(unavailable.get(qid, [])) | set(lacking))
+    prov["unavailable_demos"] = unavailable
     prov["teachers_scored"] = sorted(set(prov.get("teachers_scored", []))
                                      | ({t.spec.name for t in rt.teachers} if score else set()))
     store.write_json("provenance.json", prov)

@@ -219,19 +219,26 @@ class RunStore:
                     (tdir / f"{_unit_file(unit)}.parquet").unlink(missing_ok=True)
 
     # -- reading ---------------------------------------------------------------------------
+    def _committed_parts(self, name: str, unit_prefix: str | None = None) -> list[Path]:
+        """The Parquet parts of table `name` whose unit is committed, in unit-key order."""
+        tdir = self.tables_dir / name
+        if not tdir.is_dir():
+            return []
+        done = self.done_units()
+        parts = []
+        for p in sorted(tdir.glob("*.parquet")):
+            unit = p.name[: -len(".parquet")].replace("__", "/")
+            if unit in done and (unit_prefix is None or unit.startswith(unit_prefix)):
+                parts.append(p)
+        return parts
+
+    def count_rows(self, name: str) -> int:
+        """Committed rows of a table, from the Parquet footers (no data read)."""
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in self._committed_parts(name))
+
     def read(self, name: str, unit_prefix: str | None = None) -> pd.DataFrame:
         """All committed rows of a table, in unit-key order (deterministic)."""
-        tdir = self.tables_dir / name
-        done = self.done_units()
-        frames = []
-        if tdir.is_dir():
-            for p in sorted(tdir.glob("*.parquet")):
-                unit = p.name[: -len(".parquet")].replace("__", "/")
-                if unit not in done:
-                    continue
-                if unit_prefix is not None and not unit.startswith(unit_prefix):
-                    continue
-                frames.append(pq.read_table(p).to_pandas())
+        frames = [pq.read_table(p).to_pandas() for p in self._committed_parts(name, unit_prefix)]
         if not frames:
             return SCHEMAS[name].empty_table().to_pandas()
         return pd.concat(frames, ignore_index=True)

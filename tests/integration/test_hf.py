@@ -173,6 +173,7 @@ def test_ray_driver_proxy_reads_text_without_loading_weights(smollm, monkeypatch
     assert proxy.encode_chat(HELLO) == smollm.encode_chat(HELLO)
     assert (proxy.vocab_size, proxy.eos_token_ids) == (smollm.vocab_size, smollm.eos_token_ids)
     assert proxy.tokenizer_fingerprint() == smollm.tokenizer_fingerprint()
+    assert getattr(proxy, "exact_child_success", None) is None  # the pipeline's toy probe
     assert loads == []
     ctx, resp = smollm.encode_chat(HELLO), smollm.encode("Hi!")
     chunk = next(iter(proxy.logprob_chunks(ctx, resp)))

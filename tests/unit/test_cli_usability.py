@@ -48,6 +48,7 @@ def toy_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("toy")
     (d / "c.yaml").write_text(cfg.to_yaml())
     first = invoke("run", d / "c.yaml", "--out", d / "run")
+    first.prov = json.loads((d / "run" / "provenance.json").read_text())
     second = invoke("run", d / "c.yaml", "--out", d / "run")
     return d / "run", first, second
 
@@ -99,6 +100,15 @@ def test_score_with_a_bad_mode_names_the_option_without_pydantic_noise(run_dir):
     assert "pydantic.dev" not in res.output and "validation error" not in res.output
     res = invoke("score", run_dir, "--teacher", "new", "--mode", "external")
     assert res.exit_code == 2 and "needs a 'model'" in res.output
+
+
+def test_score_refuses_another_model_under_a_name_the_run_has(run_dir):
+    res = invoke("score", run_dir, "--teacher", "qwen3-8b", "--mode", "external",
+                 "--model", "Qwen/Qwen3-32B")
+    assert res.exit_code == 2, res.output
+    assert "already in" in res.output and "Qwen/Qwen3-8B" in res.output
+    res = invoke("score", run_dir, "--teacher", "self-1c", "--mode", "self-3c")
+    assert res.exit_code == 2 and "mode 'self-1c'" in res.output
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,8 +230,9 @@ def test_rerun_says_that_it_resumed_and_what_it_reused(toy_run):
 def test_a_resumed_run_adds_its_time_and_counts_its_invocations(toy_run):
     run, first, second = toy_run
     prov = json.loads((run / "provenance.json").read_text())
-    assert prov["invocations"] == 2
-    assert prov["time/phase1"] > 0 and prov["time/phase2"] > 0
+    assert first.prov["invocations"] == 1 and prov["invocations"] == 2
+    for k in ("time/phase1", "time/phase2"):
+        assert prov[k] > first.prov[k] > 0  # the resumed invocation's time is added
 
 
 def test_work_found_done_leaves_the_rate_and_the_total():

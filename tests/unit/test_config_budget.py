@@ -81,10 +81,24 @@ def test_overrides_enter_lists_by_index_and_name_what_blocks_them(tmp_path):
         load_config(p, {"teachers.2.name": "x"})
     with pytest.raises(ConfigError, match=r"'tree\.G' holds 5"):
         load_config(p, {"tree.G.x": 1})
+    with pytest.raises(ConfigError, match=r"'teachers\.--1' must be an index"):
+        load_config(p, {"teachers.--1.name": "x"})
     empty = tmp_path / "empty.yaml"
     empty.write_text("# only a comment\n")
     with pytest.raises(ConfigError, match="empty"):
         load_config(empty, {"tree.G": 3})
+
+
+def test_fingerprint_of_the_defaults_is_pinned_and_later_fields_count_when_set():
+    """Run directories record this hash; a change to it (a new field, a new default) makes
+    every existing run a different run. Fields added later count only away from their
+    default: the value below is the one computed before context.missing_demos existed."""
+    base = parse_config({})
+    assert base.fingerprint() == "e92a78578b2b310d"
+    assert parse_config({"context": {"missing_demos": "exclude_question"}}).fingerprint() == (
+        base.fingerprint())
+    assert parse_config({"context": {"missing_demos": "skip_teacher"}}).fingerprint() != (
+        base.fingerprint())
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)

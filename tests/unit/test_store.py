@@ -39,6 +39,8 @@ def test_uncommitted_parts_are_invisible(tmp_path):
     store.commit("q00000/b-tgt00000", {"rollouts": _rows("a", 4, start=2)})
     os.unlink(tmp_path / "units" / "q00000__b-tgt00000.done")
     assert len(RunStore(tmp_path).read("rollouts")) == 2
+    assert RunStore(tmp_path).count_rows("rollouts") == 2
+    assert RunStore(tmp_path).count_rows("nodes") == 0
 
 
 def test_read_missing_table_has_schema_columns(tmp_path):

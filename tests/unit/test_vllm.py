@@ -193,11 +193,16 @@ class FakeLLM:
     @staticmethod
     def _finish(k: int, drawn: list[int], sp: FakeSamplingParams, eos_ids: set[int]) -> Any:
         """vLLM's stop checks over the drawn tokens: the stopping token is kept in token_ids;
-        EOS -> stop_reason None, a stop token id -> that int, a stop string -> the string."""
+        the length limit is checked first (so an EOS drawn as the last allowed token ends the
+        sample as "length"); EOS -> stop_reason None, a stop token id -> that int, a stop
+        string -> the string (the string check comes with detokenizing, after these)."""
         tokens: list[int] = []
         text = ""
         for t in drawn:
             tokens.append(t)
+            if sp.max_tokens is not None and len(tokens) >= sp.max_tokens:
+                text += "" if t == TOKENIZER_EOS or t in eos_ids else f"<{t}>"
+                return FakeCompletionOutput(k, text, tokens, None, None, "length", None)
             if t == TOKENIZER_EOS:
                 return FakeCompletionOutput(k, text, tokens, None, None, "stop", None)
             if t in eos_ids or t in sp.stop_token_ids:
@@ -207,8 +212,6 @@ class FakeLLM:
             if hit is not None:
                 end = text.index(hit) + (len(hit) if sp.include_stop_str_in_output else 0)
                 return FakeCompletionOutput(k, text[:end], tokens, None, None, "stop", hit)
-            if sp.max_tokens is not None and len(tokens) >= sp.max_tokens:
-                break
         return FakeCompletionOutput(k, text, tokens, None, None, "length", None)
 
 
@@ -321,6 +324,12 @@ def test_finish_reasons_map_to_the_hf_conventions():
     assert (c.token_ids, c.finish_reason, c.text) == ((5, 6), "stop", "x Answer:")
     c = vllm_backend.completion_from_output(_out((5, 6, 7), "length"))  # token_ids: any sequence
     assert (c.token_ids, c.finish_reason, c.text) == ((5, 6, 7), "length", "t")
+    # vLLM tests the length limit before EOS: an EOS that is the last allowed token is "eos"
+    eos = (TOKENIZER_EOS, GENCONFIG_EOS)
+    c = vllm_backend.completion_from_output(_out([5, GENCONFIG_EOS], "length"), eos)
+    assert (c.token_ids, c.finish_reason) == ((5, GENCONFIG_EOS), "eos")
+    c = vllm_backend.completion_from_output(_out([5, 6], "length"), eos)
+    assert c.finish_reason == "length"
     for bad in ("abort", None):
         with pytest.raises(ModelError, match="finish_reason"):
             vllm_backend.completion_from_output(_out([5], bad))

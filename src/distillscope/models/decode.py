@@ -1,11 +1,11 @@
 """The fast decode path of the `hf` backend: sampling primitives and the Llama-family runner.
 
-`group_uniforms` and `draw_tokens` are the pure sampling primitives (one uniform per
-(sample, step), inverse-CDF draw after temperature and top-p). `_Runner` runs prefill and
-decode steps of a Llama-family decoder (llama, qwen2, qwen3, mistral) on the model's own
-weights: static KV buffers (`_KV`), device-side batch state (`_State`) updated in place so a
-step can be captured as a CUDA graph, and cascade attention (each group's prefix KV stored
-once; its scores for all the group's queries from one matrix product). `HFModel` in
+`group_uniforms` and `draw_tokens` are the pure sampling primitives (one uniform per (sample,
+step), inverse-CDF draw after temperature and top-p). `DecodeRunner` runs prefill and decode
+steps of a Llama-family decoder (llama, qwen2, qwen3, mistral) on the model's own weights:
+static KV buffers (`KVBuffers`), device-side batch state (`DecodeState`) updated in place so a
+step can be captured as a CUDA graph, and cascade attention (each group's prefix KV stored once;
+its scores for all the group's queries from one matrix product). `HFModel` in
 `distillscope.models.hf` drives it; see that module's docstring for the whole design.
 
 Shape letters: B batch slots, G groups, L prefix positions, S generated positions (slots),
@@ -22,7 +22,14 @@ import torch.nn.functional as F
 
 from distillscope.models.base import ModelError
 
-__all__ = ["draw_tokens", "group_uniforms"]
+__all__ = [
+    "DecodeRunner",
+    "DecodeState",
+    "KVBuffers",
+    "LayerWeights",
+    "draw_tokens",
+    "group_uniforms",
+]
 
 
 # --- sampling primitives (pure) --------------------------------------------------------------
@@ -79,7 +86,7 @@ _BLOCK = 128
 
 
 @dataclass
-class _State:
+class DecodeState:
     """Device-side state of one decode batch. Every field is updated in place (CUDA graphs)."""
 
     out_B_S: torch.Tensor  # int64, generated tokens, -1 = none
@@ -117,7 +124,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch
 
 
 @dataclass
-class _KV:
+class KVBuffers:
     """Static KV buffers of a batch, per layer. Slots are (group, sample); Gp prefix entries
     (groups with cascade, slots without), n = slots per entry.
     prefix keys/values (Gp*K, L, D); suffix keys/values (Gp, K, n, S, D)."""
@@ -131,7 +138,7 @@ class _KV:
 
 
 @dataclass
-class _Layer:
+class LayerWeights:
     """One decoder layer's weights, q/k/v and gate/up each in one matrix."""
 
     ln1: torch.Tensor
@@ -186,7 +193,7 @@ def _eps(norm: Any) -> float:
     return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
 
 
-class _Runner:
+class DecodeRunner:
     """Prefill and decode steps of a Llama-family model, on the model's own weights.
 
     Decode is written for few GPU kernels per layer (about 25): fused RMSNorm, one q/k/v and
@@ -238,7 +245,7 @@ class _Runner:
         sin = sin[0].to(self.dtype)
         self.sin_P_D = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
 
-    def _layer(self, layer: Any) -> _Layer:
+    def _layer(self, layer: Any) -> LayerWeights:
         a, mlp = layer.self_attn, layer.mlp
         qkv_w, qkv_b = _fuse([a.q_proj, a.k_proj, a.v_proj])
         gate_up_w, gate_up_b = _fuse([mlp.gate_proj, mlp.up_proj])
@@ -250,7 +257,7 @@ class _Runner:
                 [a.q_norm.weight.expand(self.H, -1), a.k_norm.weight.expand(self.K, -1)]
             )
             qk_eps = _eps(a.q_norm)
-        return _Layer(
+        return LayerWeights(
             ln1=layer.input_layernorm.weight,
             ln2=layer.post_attention_layernorm.weight,
             eps1=_eps(layer.input_layernorm),
@@ -269,7 +276,7 @@ class _Runner:
     def kv_bytes_per_token(self) -> int:
         return len(self.layers) * 2 * self.K * self.D * torch.finfo(self.dtype).bits // 8
 
-    def _attn_in(self, ly: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    def _attn_in(self, ly: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x (..., hidden) -> q (..., H, D), k (..., K, D), v (..., K, D), RoPE applied."""
         h = F.rms_norm(x, (self.hidden,), ly.ln1, ly.eps1)
         qkv = F.linear(h, ly.qkv_w, ly.qkv_b)
@@ -281,7 +288,7 @@ class _Runner:
         qk = _rope(qk, cos, sin)
         return qk[..., : self.H, :], qk[..., self.H :, :], v
 
-    def _attn_out(self, ly: _Layer, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    def _attn_out(self, ly: LayerWeights, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Residual + o_proj, then residual + MLP. x, o: (N, hidden), (N, H*D)."""
         x = torch.addmm(x, o, ly.o_w.t()) if ly.o_b is None else x + F.linear(o, ly.o_w, ly.o_b)
         gu = F.linear(F.rms_norm(x, (self.hidden,), ly.ln2, ly.eps2), ly.gate_up_w)
@@ -306,7 +313,7 @@ class _Runner:
         last = F.rms_norm(x[-1:], (self.hidden,), self.norm_w, self.norm_eps)
         return ks, vs, self.lm_head(last)[0]
 
-    def decode(self, st: _State, kv: _KV, upto: int) -> torch.Tensor:
+    def decode(self, st: DecodeState, kv: KVBuffers, upto: int) -> torch.Tensor:
         """One decode step for every slot (no host sync): logits (B, V) of the next token.
         The input token out[:, step-1] goes to suffix slot step-1; slots >= upto are unread."""
         slot = st.step - 1

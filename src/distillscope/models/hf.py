@@ -5,16 +5,16 @@ rollout is ~100 samples behind one long prefix). Each prefix is prefilled ONCE; 
 decode from that KV cache; several groups decode together in one batch. Batch slots are laid
 out (group, sample) with every group padded to the batch's largest n (pad slots start finished).
 
-* Llama-family decoders (llama, qwen2, qwen3, mistral; `_Runner.supports`) run on our own decode
-  loop (`distillscope.models.decode`) over the model's weights: static KV buffers, one decode step
-  = one function without host syncs, captured as CUDA graphs (one per 32-slot bucket of generated
-  length, so attention reads only the slots in use, rounded up). Attention is *cascade* attention:
-  each group's prefix KV is stored once and its scores for all the group's queries come from one
-  matrix product; each sample's suffix KV separately; one softmax over both. Nothing of the prefix
-  is copied or re-read per sample. `options={"cascade": False}` stores a copy of the prefix KV per
-  sample instead (the plain approach; kept for benchmarks and tests). The fast runner re-lays each
-  layer's q/k/v and gate/up weights into one buffer each and points the model's own parameters at
-  views of it (values and memory unchanged).
+* Llama-family decoders (llama, qwen2, qwen3, mistral; `DecodeRunner.supports`) run on our own
+  decode loop (`distillscope.models.decode`) over the model's weights: static KV buffers, one
+  decode step = one function without host syncs, captured as CUDA graphs (one per 32-slot bucket
+  of generated length, so attention reads only the slots in use, rounded up). Attention is
+  *cascade* attention: each group's prefix KV is stored once and its scores for all the group's
+  queries come from one matrix product; each sample's suffix KV separately; one softmax over both.
+  Nothing of the prefix is copied or re-read per sample. `options={"cascade": False}` stores a
+  copy of the prefix KV per sample instead (the plain approach; kept for benchmarks and tests).
+  The fast runner re-lays each layer's q/k/v and gate/up weights into one buffer each and points
+  the model's own parameters at views of it (values and memory unchanged).
 * Any other architecture runs the generic path: HF forward with a DynamicCache, one group at a
   time, the cache repeated n times after the prefill.
 
@@ -52,7 +52,13 @@ import torch.nn.functional as F
 
 from distillscope.models.base import ModelError
 from distillscope.models.chat import ChatTokenizerMixin, default_eos
-from distillscope.models.decode import _KV, _Runner, _State, draw_tokens, group_uniforms
+from distillscope.models.decode import (
+    DecodeRunner,
+    DecodeState,
+    KVBuffers,
+    draw_tokens,
+    group_uniforms,
+)
 from distillscope.types import Completion, FinishReason, SampleRequest, SamplingParams
 
 if TYPE_CHECKING:
@@ -249,20 +255,20 @@ class HFModel(ChatTokenizerMixin):
         if eos_token_ids is None:
             eos_token_ids = default_eos(cfg, getattr(model, "generation_config", None), tokenizer)
         self._eos = tuple(int(i) for i in eos_token_ids)
-        fast_ok = _Runner.supports(model)
+        fast_ok = DecodeRunner.supports(model)
         if runner == "fast" and not fast_ok:
             raise ModelError(f"runner 'fast' does not support model type '{cfg.model_type}'")
         self._use_fast = fast_ok and runner != "generic"
-        self._fast: _Runner | None = None  # built on the first sample() call
+        self._fast: DecodeRunner | None = None  # built on the first sample() call
         self.last_stats: dict[str, float] = {}
 
     @property
-    def _runner(self) -> _Runner | None:
+    def _runner(self) -> DecodeRunner | None:
         if self._use_fast and self._fast is None:
             # ordinary tensors even when first asked for inside sample()'s inference mode: the
             # model's own parameters become views of the fused weights
             with torch.inference_mode(False), torch.no_grad():
-                self._fast = _Runner(self.model, self._max_context)
+                self._fast = DecodeRunner(self.model, self._max_context)
         return self._fast
 
     # -- protocol: identity and text --
@@ -390,9 +396,9 @@ class HFModel(ChatTokenizerMixin):
         per_slot += self.vocab_size * 4 * 4  # float32 logits, probabilities, cdf, temporaries
         return int(max(1, min(4096, 0.6 * free // per_slot)))
 
-    def _new_state(self, n_slots: int, S: int, params: SamplingParams) -> _State:
+    def _new_state(self, n_slots: int, S: int, params: SamplingParams) -> DecodeState:
         dev = self._device
-        return _State(
+        return DecodeState(
             out_B_S=torch.full((n_slots, S), -1, dtype=torch.long, device=dev),
             done_B=torch.zeros(n_slots, dtype=torch.bool, device=dev),
             limit_B=torch.zeros(n_slots, dtype=torch.long, device=dev),
@@ -454,7 +460,7 @@ class HFModel(ChatTokenizerMixin):
             per_group, Gp = 1, B
         pre_pad = pad_G_L[:, None, None, None] if bool(pad_G_L.any()) else None
         suf = (Gp, K, per_group, max(S - 1, 1), D)
-        kv = _KV(
+        kv = KVBuffers(
             [k.view(Gp * K, Lmax, D) for k in pre_k],
             [v.view(Gp * K, Lmax, D) for v in pre_v],
             pre_pad,
@@ -476,7 +482,13 @@ class HFModel(ChatTokenizerMixin):
         return [[_row(out[g * n + j]) for j in range(job.count)] for g, job in enumerate(batch)]
 
     def _decode_loop(
-        self, st: _State, S: int, step_fn, stats, stop_strings: tuple[str, ...], bucket: int = 32
+        self,
+        st: DecodeState,
+        S: int,
+        step_fn,
+        stats,
+        stop_strings: tuple[str, ...],
+        bucket: int = 32,
     ) -> None:
         """Steps 1 .. S-1 (step 0 came from the prefill). `step_fn(upto)` is one step that
         reads suffix slots [0, upto); on CUDA it is captured once per `upto` and replayed."""
@@ -510,7 +522,7 @@ class HFModel(ChatTokenizerMixin):
         self._finished(st, S, stop_strings)
         stats["graphs"] = float(len(graphs))
 
-    def _finished(self, st: _State, i: int, stop_strings: tuple[str, ...]) -> bool:
+    def _finished(self, st: DecodeState, i: int, stop_strings: tuple[str, ...]) -> bool:
         """Host check: raise on bad logits, mark stop-string hits done, all done?"""
         if bool(st.bad_B.any()):
             raise ModelError(f"{self.name}: non-finite logits while sampling (NaN or inf)")

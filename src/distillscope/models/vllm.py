@@ -123,11 +123,16 @@ def eos_ids(model_config: Any, tokenizer: Any) -> tuple[int, ...]:
     )
 
 
-def completion_from_output(out: Any) -> Completion:
-    """A vLLM `CompletionOutput` (token_ids, text, finish_reason, stop_reason) -> Completion."""
+def completion_from_output(out: Any, eos_token_ids: Sequence[int] = ()) -> Completion:
+    """A vLLM `CompletionOutput` (token_ids, text, finish_reason, stop_reason) -> Completion.
+
+    vLLM checks the length limit before EOS (`check_stop`, v1/core/sched/utils.py), so an EOS
+    drawn as the last allowed token comes back as "length"; like the hf backend, a sample that
+    ends with an EOS token is "eos"."""
     reason: FinishReason
     if out.finish_reason == "length":
-        reason = "length"
+        last = out.token_ids[-1] if len(out.token_ids) else None
+        reason = "eos" if last is not None and int(last) in eos_token_ids else "length"
     elif out.finish_reason == "stop":
         reason = "stop" if isinstance(out.stop_reason, str) else "eos"
     else:  # "abort" (and, in later releases, "error" or "repetition")
@@ -208,7 +213,7 @@ class VLLMModel(ChatTokenizerMixin):
             if r.n == 0:
                 result.append([])
                 continue
-            group = [completion_from_output(o) for o in next(by_request).outputs]
+            group = [completion_from_output(o, self._eos) for o in next(by_request).outputs]
             if greedy:
                 group = group * r.n
             if len(group) != r.n:
