@@ -289,7 +289,6 @@ class HFModel(ChatTokenizerMixin):
     def device(self) -> str:
         return str(self._device)
 
-
     # -- protocol: scoring --
 
     def logprob_chunks(
