@@ -70,6 +70,7 @@ class Runtime:
     reporter: Reporter
     timer: Timer = field(default_factory=Timer)
     unavailable: dict[str, list[str]] = field(default_factory=dict)  # qid -> teachers lacking demos
+    checked_keys: set[str] = field(default_factory=set)  # unit keys checked against their qid
 
     @property
     def params(self) -> SamplingParams:
@@ -195,7 +196,21 @@ def phase0(rt: Runtime, cache: dict[str, LanguageModel] | None = None) -> None:
 # ---------------------------------------------------------------------------------------------
 # Phase 1: the shared tree
 def _qkey(rt: Runtime, q: Question) -> str:
-    return f"q{rt.questions.index(q):05d}"
+    """The unit key of a question: its position in the run's question list. The first use in
+    an invocation checks that the units already committed under that key are this question's
+    (a list that changed under --force, e.g. other ids, would otherwise mix questions)."""
+    key = f"q{rt.questions.index(q):05d}"
+    if key not in rt.checked_keys:
+        if rt.store.is_done(f"{key}/a-init"):
+            owners = set(rt.store.read("rollouts", unit_prefix=f"{key}/a-init").qid)
+            if owners - {q.qid}:
+                raise StoreError(
+                    f"{rt.store.dir}: the work stored for question #{key[1:].lstrip('0') or 0} "
+                    f"belongs to '{sorted(owners)[0]}', not '{q.qid}': the question list "
+                    f"changed since it was made (task ids / offset / limit); use a new --out"
+                )
+        rt.checked_keys.add(key)
+    return key
 
 
 def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, dict]],

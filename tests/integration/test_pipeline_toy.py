@@ -189,3 +189,19 @@ def test_a_teacher_without_demonstrations_excludes_or_is_skipped(policy, tmp_pat
         assert len(nodes) and set(nodes.teacher) == {"helpful"}
     prov = store.read_json("provenance.json")
     assert set(prov["unavailable_demos"]) == set(q.qid)
+
+
+def test_force_with_another_question_list_refuses_to_mix_questions(tmp_path):
+    """Units are keyed by a question's position; a forced rerun whose list starts elsewhere
+    must not read question A's rollouts as question B's."""
+    from distillscope.store import StoreError
+
+    small = {"task.options.n_questions": 3, "tree.G": 40, "tree.n_min": 10}
+    cfg = toy_config(**small)
+    cfg = cfg.model_copy(update={"teachers": cfg.teachers[:1]})
+    run(cfg, tmp_path)
+    grown = toy_config(**small, **{"task.limit": 3})  # same list, other fingerprint: fine
+    run(grown.model_copy(update={"teachers": cfg.teachers[:1]}), tmp_path, force=True)
+    shifted = toy_config(**small, **{"task.offset": 1})
+    with pytest.raises(StoreError, match="belongs to .* the question list changed"):
+        run(shifted.model_copy(update={"teachers": cfg.teachers[:1]}), tmp_path, force=True)
