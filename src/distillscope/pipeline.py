@@ -4,6 +4,7 @@
     phase 1  the shared, teacher-independent tree: initial rollouts, representative paths,
              candidates, targeted rollouts, children statistics
     phase 2  per teacher: decision points, every method's gradient, alignment and features
+             (the scoring of one question is `phase2.py`)
 
 Every piece of work is a deterministic *unit* committed atomically (store.py), with seeds
 derived from (run seed, question, launch node, unit). A killed run resumes by skipping
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import subprocess
 from dataclasses import dataclass, field
@@ -25,21 +25,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from distillscope import gradients as G
 from distillscope.budget import make_allocator, merge_candidates, select_children
 from distillscope.config import ModelSpec, RunConfig, TeacherSpec
 from distillscope.models.base import LanguageModel, ModelError, check_same_tokenizer
 from distillscope.models.registry import load_model
+from distillscope.phase2 import score_teacher_on_question, student_distributions
 from distillscope.progress import NullReporter, Reporter, Timer
-from distillscope.schemas import FEATURES
 from distillscope.scoring import score_path
 from distillscope.screening import difficulty
 from distillscope.store import RunStore, StoreError
 from distillscope.tasks import Task, get_task
 from distillscope.tree import PathTree
 from distillscope.types import Question, SampleRequest, SamplingParams
-
-METHODS = ("gkd", "sampled", "minillm", "drgrpo")
 
 
 def stable_seed(*parts: Any) -> int:
@@ -411,7 +408,7 @@ def finish_question(rt: Runtime, plan: Plan, bar) -> None:
     ro = rt.store.read("rollouts", unit_prefix=f"{key}/")
     trees = _build_trees(rt, plan.paths, ro)  # rebuilt from the store: what resume sees
     children = _children_frames(rt, q, plan.paths, trees)
-    dist = _student_distributions(rt, q, plan.paths, children)
+    dist = student_distributions(rt, q, plan.paths, children)
     rt.store.commit(f"{key}/z-children", {"questions": [plan.qrow], "paths": plan.paths,
                                           "children": children, "distributions": dist})
 
@@ -472,38 +469,6 @@ def _token_text(rt: Runtime):
     return lambda t: "<eos>" if t in eos else rt.student.decode([int(t)])
 
 
-def decision_points(children: pd.DataFrame, n_sig: int) -> pd.DataFrame:
-    """Children in S_u (visits >= n_sig) at nodes with |S_u| >= 2 and SR range > 0."""
-    s = children[children.visits >= n_sig]
-    g = s.groupby(["qid", "path_id", "depth"]).p_hat
-    keep = (g.transform("size") >= 2) & (g.transform("max") - g.transform("min") > 0)
-    return s[keep].sort_values(["qid", "path_id", "depth", "token"]).reset_index(drop=True)
-
-
-def _student_distributions(rt: Runtime, q: Question, paths: pd.DataFrame,
-                           children: pd.DataFrame) -> pd.DataFrame:
-    dp = decision_points(children, rt.config.tree.n_sig)
-    rows = []
-    for p in paths.itertuples():
-        d = dp[dp.path_id == p.path_id]
-        if not len(d):
-            continue
-        s = score_path(rt.student, rt.student_ctx[q.qid], None, None,
-                       np.asarray(p.response_ids), tau=rt.config.tree.tau,
-                       extra=np.stack([d.depth.to_numpy(), d.token.to_numpy()], axis=1),
-                       chunk_size=rt.config.scoring.chunk_size)
-        look = _lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
-        for r in d.itertuples():
-            rows.append({"qid": q.qid, "path_id": p.path_id, "depth": r.depth,
-                         "model": "student", "token": r.token,
-                         "prob": look[(r.depth, r.token)]})
-    return pd.DataFrame(rows)
-
-
-def _lookup(pos, tok, val) -> dict[tuple[int, int], float]:
-    return {(int(a), int(b)): float(c) for a, b, c in zip(pos, tok, val, strict=True)}
-
-
 # ---------------------------------------------------------------------------------------------
 # Phase 2: per teacher
 def phase2_teacher_question(rt: Runtime, t: Teacher, q: Question) -> bool:
@@ -521,75 +486,6 @@ def phase2_teacher_question(rt: Runtime, t: Teacher, q: Question) -> bool:
     nodes, dists = score_teacher_on_question(rt, t, q, paths, children, init)
     rt.store.commit(unit, {"nodes": nodes, "distributions": dists})
     return True
-
-
-def score_teacher_on_question(rt: Runtime, t: Teacher, q: Question, paths: pd.DataFrame,
-                              children: pd.DataFrame, init: pd.DataFrame):
-    cfg, sc = rt.config.tree, rt.config.scoring
-    restrict = sc.restrict
-    dp_all = decision_points(children, cfg.n_sig)
-    mu, sd = float(init.reward.mean()), float(init.reward.std(ddof=0))
-    node_rows, dist_rows = [], []
-    for p in paths.itertuples():
-        ids = np.asarray(p.response_ids, dtype=np.int64)
-        dp = dp_all[dp_all.path_id == p.path_id]
-        if not len(dp):
-            continue
-        s = score_path(rt.student, rt.student_ctx[q.qid], t.model, t.contexts[q.qid], ids,
-                       tau=cfg.tau, extra=np.stack([dp.depth.to_numpy(), dp.token.to_numpy()], 1),
-                       topk=sc.topk_overlap, chunk_size=sc.chunk_size)
-        ps = _lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
-        pt = _lookup(s.cand_pos_C, s.cand_tok_C, s.p_teacher_C)
-        rtg = np.cumsum((s.logp_teacher_taken_T - s.logp_student_taken_T)[::-1])[::-1]
-        kids = children[children.path_id == p.path_id]
-        for depth, node in dp.groupby("depth", sort=True):
-            toks = node.token.to_numpy()
-            p_s = np.array([ps[(depth, k)] for k in toks])
-            p_t = np.array([pt[(depth, k)] for k in toks])
-            p_hat = node.p_hat.to_numpy()
-            here = kids[kids.depth == depth]
-            n_tot = float(here.rl_visits.sum())
-            adv = (lambda n, s_: (s_ - n * mu) / sd) if sd > 0 else None
-            path_tok = int(ids[depth])
-            r_idx = int(np.flatnonzero(toks == path_tok)[0]) if path_tok in toks else -1
-            ideal = G.ideal_gradient(p_s, p_hat, restrict=restrict)
-            kl_t = float(s.features["kl"][depth])
-            grads = {
-                "gkd": G.gkd_gradient(p_s, p_t, restrict=restrict, kl=kl_t),
-                "sampled": (G.sampled_gradient(p_s, p_t, r_idx, restrict=restrict)
-                            if r_idx >= 0 else None),
-                "minillm": (G.minillm_gradient(p_s, r_idx, float(rtg[depth]), restrict=restrict)
-                            if r_idx >= 0 else None),
-                "drgrpo": (G.drgrpo_gradient_from_counts(
-                    p_s, node.rl_visits.to_numpy(dtype=float),
-                    adv(node.rl_visits.to_numpy(float), node.rl_successes.to_numpy(float)),
-                    n_tot, float(adv(n_tot, float(here.rl_successes.sum()))),
-                    restrict=restrict) if adv is not None and n_tot > 0 else None),
-            }
-            ideal_exact = None
-            if "p_exact" in node and node.p_exact.notna().all():
-                ideal_exact = G.ideal_gradient(p_s, node.p_exact.to_numpy(), restrict=restrict)
-            base = {
-                "qid": q.qid, "path_id": p.path_id, "depth": int(depth),
-                "depth_norm": depth / max(1, len(ids) - 1), "teacher": t.spec.name,
-                "teacher_adv": G.teacher_advantage(p_s, p_t, p_hat),
-                "sr_range": float(p_hat.max() - p_hat.min()), "n_children": len(toks),
-                "visits": int(node.visits.sum()), "path_correct": bool(p.correct),
-                "path_token": path_tok, "restrict": restrict, "estimator": cfg.estimator,
-                **{f: float(s.features[f][depth]) for f in FEATURES},
-            }
-            for m in METHODS:
-                g = grads[m]
-                node_rows.append({
-                    **base, "method": m,
-                    "align": G.cosine(ideal, g) if g is not None else math.nan,
-                    "align_exact": (G.cosine(ideal_exact, g)
-                                    if g is not None and ideal_exact is not None else math.nan),
-                })
-            for k, v in zip(toks, p_t, strict=True):
-                dist_rows.append({"qid": q.qid, "path_id": p.path_id, "depth": int(depth),
-                                  "model": t.spec.name, "token": int(k), "prob": float(v)})
-    return pd.DataFrame(node_rows), pd.DataFrame(dist_rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from distillscope.config import parse_config
-from distillscope.pipeline import _model_cache_key, decision_points, run
+from distillscope.phase2 import decision_points
+from distillscope.pipeline import _model_cache_key, run
 from distillscope.presets import QUICKSTART
 from distillscope.report import write_report
 from distillscope.store import RunStore

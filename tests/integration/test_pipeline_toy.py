@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from distillscope.cli import app
 from distillscope.config import load_config
-from distillscope.pipeline import decision_points, run
+from distillscope.phase2 import decision_points
+from distillscope.pipeline import run
 from distillscope.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,7 +26,8 @@ from distillscope.adaptive import (
     node_error,
 )
 from distillscope.config import load_config
-from distillscope.pipeline import decision_points, load_runtime, phase0, plan_question, run
+from distillscope.phase2 import decision_points
+from distillscope.pipeline import load_runtime, phase0, plan_question, run
 from distillscope.progress import NullReporter
 from distillscope.store import RunStore
 

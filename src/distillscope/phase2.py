@@ -1,0 +1,132 @@
+"""Phase 2 on one question: a teacher's scores at the decision points of the stored tree.
+
+`decision_points` picks the nodes the paper analyses (children with >= N_sig visits, at least
+two of them, success rates not all equal). `score_teacher_on_question` walks each
+representative path once under student and teacher (`scoring.score_path`), then at every
+decision point computes the ideal gradient from the estimated success probabilities and each
+method's gradient (GKD, single-sample, MiniLLM, Dr. GRPO; `gradients.py`), their cosine
+(`align`, and `align_exact` where the synthetic world gives exact probabilities), the teacher
+advantage and the distribution features. It returns the rows of the `nodes` and
+`distributions` tables; `pipeline.phase2_teacher_question` commits them as one unit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from distillscope import gradients as G
+from distillscope.schemas import FEATURES
+from distillscope.scoring import score_path
+
+if TYPE_CHECKING:
+    from distillscope.pipeline import Runtime, Teacher
+    from distillscope.types import Question
+
+METHODS = ("gkd", "sampled", "minillm", "drgrpo")
+
+__all__ = ["METHODS", "decision_points", "score_teacher_on_question", "student_distributions"]
+
+
+def decision_points(children: pd.DataFrame, n_sig: int) -> pd.DataFrame:
+    """Children in S_u (visits >= n_sig) at nodes with |S_u| >= 2 and SR range > 0."""
+    s = children[children.visits >= n_sig]
+    g = s.groupby(["qid", "path_id", "depth"]).p_hat
+    keep = (g.transform("size") >= 2) & (g.transform("max") - g.transform("min") > 0)
+    return s[keep].sort_values(["qid", "path_id", "depth", "token"]).reset_index(drop=True)
+
+
+def student_distributions(rt: Runtime, q: Question, paths: pd.DataFrame,
+                           children: pd.DataFrame) -> pd.DataFrame:
+    dp = decision_points(children, rt.config.tree.n_sig)
+    rows = []
+    for p in paths.itertuples():
+        d = dp[dp.path_id == p.path_id]
+        if not len(d):
+            continue
+        s = score_path(rt.student, rt.student_ctx[q.qid], None, None,
+                       np.asarray(p.response_ids), tau=rt.config.tree.tau,
+                       extra=np.stack([d.depth.to_numpy(), d.token.to_numpy()], axis=1),
+                       chunk_size=rt.config.scoring.chunk_size)
+        look = lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
+        for r in d.itertuples():
+            rows.append({"qid": q.qid, "path_id": p.path_id, "depth": r.depth,
+                         "model": "student", "token": r.token,
+                         "prob": look[(r.depth, r.token)]})
+    return pd.DataFrame(rows)
+
+
+def lookup(pos, tok, val) -> dict[tuple[int, int], float]:
+    return {(int(a), int(b)): float(c) for a, b, c in zip(pos, tok, val, strict=True)}
+
+
+def score_teacher_on_question(rt: Runtime, t: Teacher, q: Question, paths: pd.DataFrame,
+                              children: pd.DataFrame, init: pd.DataFrame):
+    cfg, sc = rt.config.tree, rt.config.scoring
+    restrict = sc.restrict
+    dp_all = decision_points(children, cfg.n_sig)
+    mu, sd = float(init.reward.mean()), float(init.reward.std(ddof=0))
+    node_rows, dist_rows = [], []
+    for p in paths.itertuples():
+        ids = np.asarray(p.response_ids, dtype=np.int64)
+        dp = dp_all[dp_all.path_id == p.path_id]
+        if not len(dp):
+            continue
+        s = score_path(rt.student, rt.student_ctx[q.qid], t.model, t.contexts[q.qid], ids,
+                       tau=cfg.tau, extra=np.stack([dp.depth.to_numpy(), dp.token.to_numpy()], 1),
+                       topk=sc.topk_overlap, chunk_size=sc.chunk_size)
+        ps = lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
+        pt = lookup(s.cand_pos_C, s.cand_tok_C, s.p_teacher_C)
+        rtg = np.cumsum((s.logp_teacher_taken_T - s.logp_student_taken_T)[::-1])[::-1]
+        kids = children[children.path_id == p.path_id]
+        for depth, node in dp.groupby("depth", sort=True):
+            toks = node.token.to_numpy()
+            p_s = np.array([ps[(depth, k)] for k in toks])
+            p_t = np.array([pt[(depth, k)] for k in toks])
+            p_hat = node.p_hat.to_numpy()
+            here = kids[kids.depth == depth]
+            n_tot = float(here.rl_visits.sum())
+            adv = (lambda n, s_: (s_ - n * mu) / sd) if sd > 0 else None
+            path_tok = int(ids[depth])
+            r_idx = int(np.flatnonzero(toks == path_tok)[0]) if path_tok in toks else -1
+            ideal = G.ideal_gradient(p_s, p_hat, restrict=restrict)
+            kl_t = float(s.features["kl"][depth])
+            grads = {
+                "gkd": G.gkd_gradient(p_s, p_t, restrict=restrict, kl=kl_t),
+                "sampled": (G.sampled_gradient(p_s, p_t, r_idx, restrict=restrict)
+                            if r_idx >= 0 else None),
+                "minillm": (G.minillm_gradient(p_s, r_idx, float(rtg[depth]), restrict=restrict)
+                            if r_idx >= 0 else None),
+                "drgrpo": (G.drgrpo_gradient_from_counts(
+                    p_s, node.rl_visits.to_numpy(dtype=float),
+                    adv(node.rl_visits.to_numpy(float), node.rl_successes.to_numpy(float)),
+                    n_tot, float(adv(n_tot, float(here.rl_successes.sum()))),
+                    restrict=restrict) if adv is not None and n_tot > 0 else None),
+            }
+            ideal_exact = None
+            if "p_exact" in node and node.p_exact.notna().all():
+                ideal_exact = G.ideal_gradient(p_s, node.p_exact.to_numpy(), restrict=restrict)
+            base = {
+                "qid": q.qid, "path_id": p.path_id, "depth": int(depth),
+                "depth_norm": depth / max(1, len(ids) - 1), "teacher": t.spec.name,
+                "teacher_adv": G.teacher_advantage(p_s, p_t, p_hat),
+                "sr_range": float(p_hat.max() - p_hat.min()), "n_children": len(toks),
+                "visits": int(node.visits.sum()), "path_correct": bool(p.correct),
+                "path_token": path_tok, "restrict": restrict, "estimator": cfg.estimator,
+                **{f: float(s.features[f][depth]) for f in FEATURES},
+            }
+            for m in METHODS:
+                g = grads[m]
+                node_rows.append({
+                    **base, "method": m,
+                    "align": G.cosine(ideal, g) if g is not None else math.nan,
+                    "align_exact": (G.cosine(ideal_exact, g)
+                                    if g is not None and ideal_exact is not None else math.nan),
+                })
+            for k, v in zip(toks, p_t, strict=True):
+                dist_rows.append({"qid": q.qid, "path_id": p.path_id, "depth": int(depth),
+                                  "model": t.spec.name, "token": int(k), "prob": float(v)})
+    return pd.DataFrame(node_rows), pd.DataFrame(dist_rows)
