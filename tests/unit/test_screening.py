@@ -9,6 +9,7 @@ import random
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from test_contexts import YesTask  # a yes/no task whose answer is always yes
 
 from distillscope.config import (
     ContextConfig,
@@ -29,7 +30,6 @@ from distillscope.screening import (
     to_markdown,
     write_tables,
 )
-from distillscope.tasks import verifiers as V
 from distillscope.types import Completion, Question
 
 G = 10
@@ -90,14 +90,6 @@ class RateModel:
         return out
 
 
-class YesTask:
-    name = "fake-yes"
-
-    def user_message(self, q):
-        return q.prompt
-
-    def verify(self, q, text):
-        return V.verify_yesno(text, True)
 
 
 def questions():
