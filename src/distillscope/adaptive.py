@@ -8,7 +8,7 @@ S_u with 20-odd natural visits is never enriched by the paper. On the synthetic 
 (`benchmarks/budget.py`, benchmarks/RESULTS.md) this allocator reaches a lower alignment error
 than the paper's with about a quarter of its targeted rollouts.
 
-How, per question (`AdaptiveAllocator.next_batch`, called by `pipeline._targeted` until it
+How, per question (`AdaptiveAllocator.next_batch`, called by `phase1._targeted` until it
 returns []; each call's groups are one committed unit):
 
 1. Seed: every chosen child (`plan.chosen`: the paper's candidates, windows and top-k / top-r,

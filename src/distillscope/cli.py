@@ -178,17 +178,11 @@ def _say_done(out: Path, before: tuple[int, dict[str, Any]], what: str) -> None:
                   markup=False)
 
 
-def _fmt(x: float, signed: bool = True) -> str:
-    x = float(x)
-    if not math.isfinite(x):
-        return "n/a"
-    return f"{x:+.3f}" if signed else f"{x:.3f}"
-
-
 def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> None:
     """The teacher ranking exactly as the report computed it (same seed and draws)."""
     import pandas as pd
-    from rich.table import Table
+
+    from distillscope.report.terminal import ranking_table
 
     csv = report_html.parent / "tables" / "teacher_ranking.csv"
     rank = (pd.read_csv(csv, keep_default_na=False, na_values=[""],  # a teacher may be "nan"
@@ -206,21 +200,8 @@ def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> Non
             console.print(f"no decision point has a defined {method} alignment: no teacher "
                           "ranking", style="yellow", markup=False, highlight=False)
         return
-    table = Table(title=f"Teacher ranking: mean {method.upper()} alignment with the ideal "
-                        "gradient\n(95% CI: bootstrap over questions)")
-    for col in ("rank", "teacher", "mean", "95% CI", "nodes", "undefined", "questions",
-                "beats next?"):
-        table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=True)
-    for r in rank.itertuples(index=False):
-        if math.isfinite(float(r.gap_to_next)):
-            beats = "yes" if str(r.separated).lower() == "true" else "no"
-        else:
-            beats = "–"  # last place, or no next teacher with a defined mean
-        ci = ("n/a" if not math.isfinite(float(r.ci_low))
-              else f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]")
-        table.add_row(str(r.rank), str(r.teacher), _fmt(r.mean), ci, str(r.n_nodes),
-                      str(r.n_nan), str(r.n_questions), beats)
-    Console().print(table)
+    out = Console()  # the table goes to stdout, messages to stderr
+    out.print(ranking_table(rank, method, out.width))
     if undefined:
         console.print("undefined alignment at every decision point (a zero-norm gradient, "
                       f"e.g. a teacher equal to the student): {', '.join(undefined)}",

@@ -60,8 +60,8 @@ from distillscope.models.registry import load_model
 from distillscope.types import Completion, SampleRequest, SamplingParams
 
 if TYPE_CHECKING:
-    from distillscope.pipeline import Runtime
     from distillscope.progress import Reporter
+    from distillscope.runtime import Runtime
     from distillscope.scoring import PathScores
 
 __all__ = [
@@ -431,7 +431,7 @@ def _model_specs(config: RunConfig, out: str | Path) -> list[ModelSpec]:
 
 def ray_models(specs: Sequence[ModelSpec], pool: WorkerPool, *,
                driver_device: str | None = None) -> dict[str, LanguageModel]:
-    """The pipeline's model cache (keyed like `pipeline._model_cache_key`) filled with
+    """The pipeline's model cache (keyed like `runtime.model_cache_key`) filled with
     proxies on `pool`."""
     return {spec_key(s): RayModel(s, pool, driver_device=driver_device) for s in specs}
 

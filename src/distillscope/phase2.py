@@ -1,66 +1,64 @@
-"""Phase 2 on one question: a teacher's scores at the decision points of the stored tree.
+"""Phase 2: each teacher's scores at the decision points of the stored tree.
 
-`decision_points` picks the nodes the paper analyses (children with >= N_sig visits, at least
-two of them, success rates not all equal). `score_teacher_on_question` walks each
-representative path once under student and teacher (`scoring.score_path`), then at every
-decision point computes the ideal gradient from the estimated success probabilities and each
+`phase2` loops over teachers x questions; one (teacher, question) pair is one committed unit
+(`q00003/c-score-<teacher>`). `score_teacher_on_question` walks each representative path once
+under student and teacher (`scoring.score_path`), then at every decision point
+(`phase1.decision_points`: children with >= N_sig visits, at least two of them, success rates
+not all equal) computes the ideal gradient from the estimated success probabilities and each
 method's gradient (GKD, single-sample, MiniLLM, Dr. GRPO; `gradients.py`), their cosine
 (`align`, and `align_exact` where the synthetic world gives exact probabilities), the teacher
 advantage and the distribution features. It returns the rows of the `nodes` and
-`distributions` tables; `pipeline.phase2_teacher_question` commits them as one unit.
+`distributions` tables. The formulas and their sign conventions: docs/method.md#gradients.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from distillscope import gradients as G
+from distillscope.phase1 import decision_points, lookup
+from distillscope.runtime import Runtime, Teacher, question_key
 from distillscope.schemas import FEATURES
 from distillscope.scoring import score_path
-
-if TYPE_CHECKING:
-    from distillscope.pipeline import Runtime, Teacher
-    from distillscope.types import Question
+from distillscope.types import Question
 
 METHODS = ("gkd", "sampled", "minillm", "drgrpo")
 
-__all__ = ["METHODS", "decision_points", "score_teacher_on_question", "student_distributions"]
+__all__ = ["METHODS", "decision_points", "phase2", "phase2_teacher_question",
+           "score_teacher_on_question"]
 
 
-def decision_points(children: pd.DataFrame, n_sig: int) -> pd.DataFrame:
-    """Children in S_u (visits >= n_sig) at nodes with |S_u| >= 2 and SR range > 0."""
-    s = children[children.visits >= n_sig]
-    g = s.groupby(["qid", "path_id", "depth"]).p_hat
-    keep = (g.transform("size") >= 2) & (g.transform("max") - g.transform("min") > 0)
-    return s[keep].sort_values(["qid", "path_id", "depth", "token"]).reset_index(drop=True)
+def phase2(rt: Runtime) -> None:
+    """Score every teacher on every question whose unit is not committed yet."""
+    with rt.timer("phase2"), rt.reporter.bar(
+        "phase 2: scoring", len(rt.teachers) * len(rt.questions), unit="questions"
+    ) as bar:
+        for t in rt.teachers:
+            for q in rt.questions:
+                if phase2_teacher_question(rt, t, q):
+                    bar.advance()
+                else:
+                    bar.skip()
 
 
-def student_distributions(rt: Runtime, q: Question, paths: pd.DataFrame,
-                           children: pd.DataFrame) -> pd.DataFrame:
-    dp = decision_points(children, rt.config.tree.n_sig)
-    rows = []
-    for p in paths.itertuples():
-        d = dp[dp.path_id == p.path_id]
-        if not len(d):
-            continue
-        s = score_path(rt.student, rt.student_ctx[q.qid], None, None,
-                       np.asarray(p.response_ids), tau=rt.config.tree.tau,
-                       extra=np.stack([d.depth.to_numpy(), d.token.to_numpy()], axis=1),
-                       chunk_size=rt.config.scoring.chunk_size)
-        look = lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
-        for r in d.itertuples():
-            rows.append({"qid": q.qid, "path_id": p.path_id, "depth": r.depth,
-                         "model": "student", "token": r.token,
-                         "prob": look[(r.depth, r.token)]})
-    return pd.DataFrame(rows)
-
-
-def lookup(pos, tok, val) -> dict[tuple[int, int], float]:
-    return {(int(a), int(b)): float(c) for a, b, c in zip(pos, tok, val, strict=True)}
+def phase2_teacher_question(rt: Runtime, t: Teacher, q: Question) -> bool:
+    """Score teacher `t` on question `q` unless done before; True when this call scored."""
+    key = question_key(rt, q)
+    unit = f"{key}/c-score-{t.spec.name}"
+    if rt.store.is_done(unit) or q.qid not in t.contexts:
+        return False
+    children = rt.store.read("children", unit_prefix=f"{key}/z-children")
+    paths = rt.store.read("paths", unit_prefix=f"{key}/z-children")
+    init = rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
+    if not len(paths):
+        rt.store.commit(unit, {})
+        return True
+    nodes, dists = score_teacher_on_question(rt, t, q, paths, children, init)
+    rt.store.commit(unit, {"nodes": nodes, "distributions": dists})
+    return True
 
 
 def score_teacher_on_question(rt: Runtime, t: Teacher, q: Question, paths: pd.DataFrame,

@@ -12,7 +12,8 @@ import torch
 from distillscope.config import ModelSpec, load_config
 from distillscope.models.base import ModelError, TokenizerMismatchError
 from distillscope.models.registry import load_model
-from distillscope.pipeline import _model_cache_key, run
+from distillscope.pipeline import run
+from distillscope.runtime import model_cache_key
 from distillscope.store import RunStore
 from distillscope.tasks.base import TaskError
 
@@ -53,7 +54,7 @@ class Wrapped:
 
 def _models(cfg, **kw):
     student = load_model(cfg.student)
-    return {_model_cache_key(cfg.student): Wrapped(student, **kw)}
+    return {model_cache_key(cfg.student): Wrapped(student, **kw)}
 
 
 def test_tokenizer_mismatch_is_named(tmp_path):

@@ -8,9 +8,10 @@ import pytest
 
 from distillscope.config import parse_config
 from distillscope.phase2 import decision_points
-from distillscope.pipeline import _model_cache_key, run
+from distillscope.pipeline import run
 from distillscope.presets import QUICKSTART
 from distillscope.report import write_report
+from distillscope.runtime import model_cache_key
 from distillscope.store import RunStore
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,7 @@ def small_config():
 def real_run(tmp_path_factory, smollm):
     out = tmp_path_factory.mktemp("real") / "run"
     cfg = small_config()
-    run(cfg, out, models={_model_cache_key(cfg.student): smollm})
+    run(cfg, out, models={model_cache_key(cfg.student): smollm})
     return RunStore(out)
 
 

@@ -26,9 +26,12 @@ from distillscope.adaptive import (
     node_error,
 )
 from distillscope.config import load_config
+from distillscope.phase0 import phase0
+from distillscope.phase1 import plan_question
 from distillscope.phase2 import decision_points
-from distillscope.pipeline import load_runtime, phase0, plan_question, run
+from distillscope.pipeline import run
 from distillscope.progress import NullReporter
+from distillscope.runtime import load_runtime
 from distillscope.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,352 @@
+"""Phase 1: the shared, teacher-independent generation tree of each question.
+
+    1. initial rollouts   G samples of the student's response to the question, graded
+    2. paths              representative responses (n_correct_paths + n_incorrect_paths)
+    3. candidates         along each path, the children worth enriching: tokens the student
+                          or any teacher gives probability > tau, ranked per depth window
+                          (budget.py)
+    4. targeted rollouts  each chosen child (prefix = prompt + path[:t] + [token]) sampled
+                          to the end until it has n_min counted visits (fixed allocation) or
+                          as the adaptive allocator decides (adaptive.py)
+    5. children           per path node: visits, successes and P-hat of every child (tree.py,
+                          with the unbiased counting rule of docs/method.md#unbiased-counting),
+                          and the student's probabilities at the decision points
+
+Each step is a unit committed to the run store (`q00003/a-init`, `q00003/b-tgt00000`, ...,
+`q00003/z-children`); a resumed run replays the committed units and redoes the first missing
+one, so it writes exactly what an uninterrupted run would have. Nothing here depends on which
+teachers are scored later except the candidate ranking of step 3.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from distillscope.budget import make_allocator, merge_candidates, select_children
+from distillscope.models.base import ModelError
+from distillscope.runtime import Runtime, question_key, stable_seed
+from distillscope.scoring import score_path
+from distillscope.screening import difficulty
+from distillscope.tree import PathTree
+from distillscope.types import Question, SampleRequest, SamplingParams
+
+__all__ = ["Plan", "decision_points", "finish_question", "lookup", "phase1", "plan_question",
+           "student_distributions"]
+
+
+def phase1(rt: Runtime) -> None:
+    """The shared tree of every question: initial rollouts of all questions first (so the
+    targeted phase's total is known), then each question's targeted rollouts."""
+    cfg = rt.config.tree
+    with rt.timer("phase1"):
+        plans = []
+        with rt.reporter.bar("phase 1: initial rollouts", len(rt.questions) * cfg.G,
+                             unit="rollouts") as bar:
+            for q in rt.questions:
+                plan = plan_question(rt, q, bar)
+                if plan is not None:
+                    plans.append(plan)
+        # the fixed allocation's need is known; the adaptive one decides as it goes
+        need = sum(p.need(cfg.n_min) for p in plans) if cfg.budget == "fixed" else None
+        with rt.reporter.bar("phase 1: targeted rollouts", need, unit="rollouts") as bar:
+            for plan in plans:
+                finish_question(rt, plan, bar)
+
+
+# ---------------------------------------------------------------------------------------------
+def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, dict]],
+                 first_id: int) -> list[dict]:
+    """Sample the groups, grade them, and return rollout rows (ids from `first_id`)."""
+    eos = set(rt.student.eos_token_ids)
+    ctx = rt.student_ctx[q.qid]
+    max_new = rt.config.sampling.max_new_tokens
+    to_model = []
+    for i, (req, _meta) in enumerate(requests):
+        forced = list(req.prefix_ids[len(ctx):])
+        if (forced and forced[-1] in eos) or len(forced) >= max_new:
+            continue  # nothing to sample: the forced prefix already ends the response
+        to_model.append((i, req, max_new - len(forced)))
+    outputs: dict[int, list] = {}
+    # group requests by remaining budget so each model call has one max_new_tokens
+    for budget in sorted({b for _, _, b in to_model}):
+        batch = [(i, r) for i, r, b in to_model if b == budget]
+        p = rt.params
+        params = SamplingParams(p.temperature, p.top_p, budget, p.stop_strings)
+        res = rt.student.sample([r for _, r in batch], params)
+        for (i, _), comps in zip(batch, res, strict=True):
+            outputs[i] = comps
+    rows = []
+    rid = first_id
+    for i, (req, meta) in enumerate(requests):
+        forced = list(req.prefix_ids[len(ctx):])
+        if i in outputs:
+            comps = [(forced + list(c.token_ids), c.finish_reason) for c in outputs[i]]
+        else:
+            reason = "eos" if forced and forced[-1] in eos else "length"
+            comps = [(forced, reason)] * req.n
+        for ids, reason in comps:
+            text = rt.student.decode([t for t in ids if t not in eos])
+            verdict = rt.task.verify(q, text)
+            rows.append({
+                "qid": q.qid, "rollout_id": rid, "origin": meta["origin"],
+                "path_id": meta.get("path_id", -1), "launch_depth": meta.get("depth", -1),
+                "forced_len": len(forced), "response_ids": ids, "text": text,
+                "reward": float(verdict.reward), "parsable": bool(verdict.parsable),
+                "finish_reason": reason, "seed": req.seed,
+            })
+            rid += 1
+    return rows
+
+
+def _initial_rollouts(rt: Runtime, q: Question, bar) -> pd.DataFrame:
+    key = question_key(rt, q)
+    unit = f"{key}/a-init"
+    if rt.store.is_done(unit):
+        bar.skip(rt.config.tree.G)
+    else:
+        cfg = rt.config.tree
+        ctx = tuple(rt.student_ctx[q.qid])
+        reqs = []
+        for g, start in enumerate(range(0, cfg.G, cfg.group_size)):
+            n = min(cfg.group_size, cfg.G - start)
+            seed = stable_seed(rt.config.seed, q.qid, "init", g)
+            reqs.append((SampleRequest(ctx, n, seed), {"origin": "initial"}))
+        rows = _sample_rows(rt, q, reqs, first_id=0)
+        rt.store.commit(unit, {"rollouts": rows})
+        bar.advance(rt.config.tree.G)
+    return rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
+
+
+def _choose_paths(rt: Runtime, q: Question, init: pd.DataFrame) -> pd.DataFrame:
+    cfg = rt.config.tree
+    rng = np.random.default_rng(stable_seed(rt.config.seed, q.qid, "paths"))
+    chosen = []
+    for correct, n in ((True, cfg.n_correct_paths), (False, cfg.n_incorrect_paths)):
+        pool = init[(init.reward > 0.5) == correct]
+        # distinct responses only: two identical paths would duplicate every node
+        pool = pool.loc[~pool.response_ids.map(tuple).duplicated()]
+        if len(pool):
+            pick = rng.choice(len(pool), size=min(n, len(pool)), replace=False)
+            chosen += [(correct, pool.iloc[i]) for i in sorted(pick)]
+    eos = set(rt.student.eos_token_ids)
+    rows = []
+    for pid, (correct, r) in enumerate(chosen):
+        ids = [int(t) for t in r.response_ids]
+        rows.append({
+            "qid": q.qid, "path_id": pid, "rollout_id": int(r.rollout_id), "correct": correct,
+            "length": len(ids), "response_ids": ids,
+            "tokens": [rt.student.decode([t]) if t not in eos else "<eos>" for t in ids],
+            "text": r.text,
+        })
+    return pd.DataFrame(rows)
+
+
+def _build_trees(rt: Runtime, paths: pd.DataFrame, ro: pd.DataFrame) -> dict[int, PathTree]:
+    trees = {}
+    for p in paths.itertuples():
+        tree = PathTree(np.asarray(p.response_ids, dtype=np.int64), rt.config.tree.estimator)
+        if len(ro):
+            tree.add(list(ro.response_ids), ro.forced_len.to_numpy(), ro.reward.to_numpy())
+        trees[p.path_id] = tree
+    return trees
+
+
+def _candidates(rt: Runtime, q: Question, path_ids: np.ndarray):
+    """Score the path under the student and every teacher; choose the children to enrich.
+    Returns (chosen (depth, token) pairs, {teacher name or "student": PathScores})."""
+    cfg = rt.config.tree
+    sc = rt.config.scoring
+    depth, token, ps, pt, kl = [], [], [], [], []
+    scores = {}
+    teachers = [t for t in rt.teachers if q.qid in t.contexts] or [None]
+    for t in teachers:
+        s = score_path(rt.student, rt.student_ctx[q.qid], t.model if t else None,
+                       t.contexts[q.qid] if t else None, path_ids, tau=cfg.tau,
+                       topk=sc.topk_overlap, chunk_size=sc.chunk_size)
+        scores[t.spec.name if t else "student"] = s
+        depth.append(s.cand_pos_C)
+        token.append(s.cand_tok_C)
+        ps.append(s.p_student_C)
+        pt.append(s.p_teacher_C)
+        kl.append(s.features["kl"])
+    cands = merge_candidates(depth, token, ps, pt, kl)
+    chosen = select_children(cands, len(path_ids), base=cfg.window_base, top_k=cfg.top_k,
+                             top_r=cfg.top_r)
+    return chosen, scores
+
+
+@dataclass
+class Plan:
+    """Phase 1 state of one question between its initial and its targeted rollouts."""
+
+    q: Question
+    qrow: dict[str, Any]
+    paths: pd.DataFrame
+    trees: dict[int, PathTree] = field(default_factory=dict)
+    chosen: list[tuple[int, int, int]] = field(default_factory=list)  # (depth, path, token)
+    scores: dict[int, dict[str, Any]] = field(default_factory=dict)  # path -> model -> PathScores
+    next_id: int = 0
+
+    def need(self, n_min: int) -> int:
+        return sum(max(0, n_min - self.trees[p].visits(d, k)) for d, p, k in self.chosen)
+
+
+def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
+    """Initial rollouts, representative paths and the children to enrich. None when the
+    question is already finished (resume) or excluded (then its row is committed here)."""
+    cfg = rt.config.tree
+    key = question_key(rt, q)
+    if rt.store.is_done(f"{key}/z-children"):
+        bar.skip(cfg.G)
+        return None
+    init = _initial_rollouts(rt, q, bar)
+    if len(init) and (init.finish_reason == "length").all():
+        raise ModelError(
+            f"question '{q.qid}': none of the {len(init)} initial rollouts ended within "
+            f"sampling.max_new_tokens={rt.config.sampling.max_new_tokens} (no EOS): the model "
+            f"never stops, or the budget is too small for it; raise sampling.max_new_tokens"
+        )
+    pass_rate = float(init.reward.mean()) if len(init) else 0.0
+    skipped = rt.unavailable.get(q.qid, [])
+    if skipped and rt.config.context.missing_demos == "exclude_question":
+        note = "excluded: no demonstration for " + ", ".join(skipped)
+        paths = pd.DataFrame()
+    elif pass_rate == 0 and cfg.exclude_extremely_hard:
+        note = "excluded: extremely hard (no correct initial rollout)"
+        paths = pd.DataFrame()
+    else:
+        paths = _choose_paths(rt, q, init)
+        n_c = int(paths.correct.sum()) if len(paths) else 0
+        n_i = len(paths) - n_c
+        notes = []
+        if n_c < cfg.n_correct_paths:
+            notes.append(f"only {n_c} correct path(s) exist")
+        if n_i < cfg.n_incorrect_paths:
+            notes.append(f"only {n_i} incorrect path(s) exist")
+        if skipped:
+            notes.append("not scored for " + ", ".join(skipped))
+        note = "; ".join(notes)
+    qrow = {
+        "qid": q.qid, "prompt": rt.task.user_message(q), "answer": json.dumps(q.answer),
+        "n_initial": len(init), "pass_rate": pass_rate, "difficulty": difficulty(pass_rate),
+        "n_correct_paths": int(paths.correct.sum()) if len(paths) else 0,
+        "n_incorrect_paths": int((~paths.correct).sum()) if len(paths) else 0, "note": note,
+    }
+    if not len(paths):
+        rt.store.commit(f"{key}/z-children", {"questions": [qrow]})
+        return None
+    ro = rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
+    plan = Plan(q, qrow, paths, _build_trees(rt, paths, ro), next_id=len(ro))
+    for p in paths.itertuples():
+        chosen, plan.scores[p.path_id] = _candidates(rt, q, np.asarray(p.response_ids))
+        plan.chosen += [(d, p.path_id, tok) for d, tok in chosen]
+    plan.chosen.sort()  # shallow first: deeper children gain from the cascade of earlier ones
+    return plan
+
+
+def finish_question(rt: Runtime, plan: Plan, bar) -> None:
+    """Targeted rollouts (fixed allocation: every chosen child to n_min counted visits), then
+    the children statistics and the student's probabilities at the decision points."""
+    _targeted(rt, plan, bar)
+    q, key = plan.q, question_key(rt, plan.q)
+    ro = rt.store.read("rollouts", unit_prefix=f"{key}/")
+    trees = _build_trees(rt, plan.paths, ro)  # rebuilt from the store: what resume sees
+    children = _children_frames(rt, q, plan.paths, trees)
+    dist = student_distributions(rt, q, plan.paths, children)
+    rt.store.commit(f"{key}/z-children", {"questions": [plan.qrow], "paths": plan.paths,
+                                          "children": children, "distributions": dist})
+
+
+def _targeted(rt: Runtime, plan: Plan, bar) -> None:
+    """Targeted rollouts in deterministic units. The allocator (budget.make_allocator) decides
+    each unit's groups from the tree as committed so far, so a resumed run that replays the
+    committed units rebuilds exactly the same later units."""
+    cfg = rt.config.tree
+    q, key, trees = plan.q, question_key(rt, plan.q), plan.trees
+    ctx = list(rt.student_ctx[q.qid])
+    path_ids = {p.path_id: [int(t) for t in p.response_ids] for p in plan.paths.itertuples()}
+    allocator = make_allocator(rt.config, plan)
+    u = 0
+    while True:
+        alloc = allocator.next_batch(plan, rt.config.sampling.batch_groups)
+        if not alloc:
+            break
+        unit = f"{key}/b-tgt{u:05d}"
+        reqs = []
+        for pid, d, tok, need in alloc:
+            for g, start in enumerate(range(0, need, cfg.group_size)):
+                n = min(cfg.group_size, need - start)
+                seed = stable_seed(rt.config.seed, q.qid, "tgt", u, pid, d, tok, g)
+                prefix = tuple(ctx + path_ids[pid][:d] + [tok])
+                reqs.append((SampleRequest(prefix, n, seed),
+                             {"origin": "targeted", "path_id": pid, "depth": d}))
+        if rt.store.is_done(unit):
+            rows = rt.store.read("rollouts", unit_prefix=unit)
+            bar.skip(len(rows))
+        else:
+            rows = pd.DataFrame(_sample_rows(rt, q, reqs, first_id=plan.next_id))
+            rt.store.commit(unit, {"rollouts": rows})
+            bar.advance(len(rows))
+        plan.next_id += len(rows)
+        for tree in trees.values():
+            tree.add(list(rows.response_ids), rows.forced_len.to_numpy(), rows.reward.to_numpy())
+        u += 1
+
+
+def _children_frames(rt: Runtime, q: Question, paths: pd.DataFrame,
+                     trees: dict[int, PathTree]) -> pd.DataFrame:
+    exact = getattr(rt.student, "exact_child_success", None)
+    ctx = rt.student_ctx[q.qid]
+    frames = []
+    for p in paths.itertuples():
+        ids = [int(t) for t in p.response_ids]
+        p_exact = None
+        if exact is not None:
+            p_exact = {d: np.asarray(exact(ctx, ids[:d])) for d in range(len(ids))}
+        frames.append(trees[p.path_id].to_frame(q.qid, p.path_id, decode=_token_text(rt),
+                                                 p_exact=p_exact))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _token_text(rt: Runtime):
+    eos = set(rt.student.eos_token_ids)
+    return lambda t: "<eos>" if t in eos else rt.student.decode([int(t)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The decision points of a finished tree, and the student's probabilities there
+def decision_points(children: pd.DataFrame, n_sig: int) -> pd.DataFrame:
+    """Children in S_u (visits >= n_sig) at nodes with |S_u| >= 2 and SR range > 0."""
+    s = children[children.visits >= n_sig]
+    g = s.groupby(["qid", "path_id", "depth"]).p_hat
+    keep = (g.transform("size") >= 2) & (g.transform("max") - g.transform("min") > 0)
+    return s[keep].sort_values(["qid", "path_id", "depth", "token"]).reset_index(drop=True)
+
+
+def student_distributions(rt: Runtime, q: Question, paths: pd.DataFrame,
+                           children: pd.DataFrame) -> pd.DataFrame:
+    dp = decision_points(children, rt.config.tree.n_sig)
+    rows = []
+    for p in paths.itertuples():
+        d = dp[dp.path_id == p.path_id]
+        if not len(d):
+            continue
+        s = score_path(rt.student, rt.student_ctx[q.qid], None, None,
+                       np.asarray(p.response_ids), tau=rt.config.tree.tau,
+                       extra=np.stack([d.depth.to_numpy(), d.token.to_numpy()], axis=1),
+                       chunk_size=rt.config.scoring.chunk_size)
+        look = lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
+        for r in d.itertuples():
+            rows.append({"qid": q.qid, "path_id": p.path_id, "depth": r.depth,
+                         "model": "student", "token": r.token,
+                         "prob": look[(r.depth, r.token)]})
+    return pd.DataFrame(rows)
+
+
+def lookup(pos, tok, val) -> dict[tuple[int, int], float]:
+    return {(int(a), int(b)): float(c) for a, b, c in zip(pos, tok, val, strict=True)}

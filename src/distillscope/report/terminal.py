@@ -1,0 +1,79 @@
+"""The teacher ranking as a terminal table that fits the terminal's width.
+
+Numbers are never cut: the rank, mean and CI columns keep their full width, long teacher names
+fold onto a second line, and the low-value columns (undefined, nodes, questions, then the
+separation column) are dropped one by one until the table fits. A terminal too narrow for
+even the four essential columns gets them anyway (the terminal wraps the line).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.table import Table
+
+__all__ = ["fmt", "ranking_table"]
+
+# (header, justify); the order of the table
+COLUMNS = (("#", "right"), ("teacher", "left"), ("mean", "right"), ("95% CI", "right"),
+           ("beats next?", "right"), ("questions", "right"), ("nodes", "right"),
+           ("undefined", "right"))
+ESSENTIAL = ("#", "teacher", "mean", "95% CI")
+DROP_ORDER = ("undefined", "nodes", "questions", "beats next?")
+TEACHER_MIN = 8  # a teacher column narrower than this folds names into unreadable pieces
+
+
+def fmt(x: float, signed: bool = True) -> str:
+    x = float(x)
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _cells(r) -> dict[str, str]:
+    if math.isfinite(float(r.gap_to_next)):
+        beats = "yes" if str(r.separated).lower() == "true" else "no"
+    else:
+        beats = "–"  # last place, or no next teacher with a defined mean
+    ci = ("n/a" if not math.isfinite(float(r.ci_low))
+          else f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]")
+    return {"#": str(r.rank), "teacher": str(r.teacher), "mean": fmt(r.mean), "95% CI": ci,
+            "beats next?": beats, "questions": str(r.n_questions), "nodes": str(r.n_nodes),
+            "undefined": str(r.n_nan)}
+
+
+def _width(cols: list[str], widths: dict[str, int]) -> int:
+    """Rendered width of a rich table with the default box: 3 per column + 1."""
+    return sum(widths[c] for c in cols) + 3 * len(cols) + 1
+
+
+def ranking_table(rank: pd.DataFrame, method: str, width: int) -> Table:
+    """`rank` is the report's teacher_ranking table; `width` the console's width."""
+    rows = [_cells(r) for r in rank.itertuples(index=False)]
+    widths = {h: max([len(h)] + [len(row[h]) for row in rows]) for h, _ in COLUMNS}
+    cols = [h for h, _ in COLUMNS]
+    for col in DROP_ORDER:
+        if _width(cols, {**widths, "teacher": min(widths["teacher"], TEACHER_MIN)}) <= width:
+            break
+        cols.remove(col)
+    # the teacher column takes what is left, at least TEACHER_MIN (its names fold)
+    others = _width([c for c in cols if c != "teacher"], widths) + 3
+    teacher_w = max(min(widths["teacher"], width - others), min(TEACHER_MIN, widths["teacher"]))
+    title = (f"Teacher ranking: mean {method.upper()} alignment with the ideal gradient\n"
+             "(95% CI: bootstrap over questions)")
+    table = Table(title=title)
+    for h, justify in COLUMNS:
+        if h not in cols:
+            continue
+        if h == "teacher":
+            table.add_column(h, justify=justify, overflow="fold", min_width=teacher_w,
+                             max_width=teacher_w)
+        else:
+            table.add_column(h, justify=justify, no_wrap=True, min_width=widths[h])
+    for row in rows:
+        table.add_row(*(row[c] for c in cols))
+    dropped = [c for c in DROP_ORDER if c not in cols]
+    if dropped:
+        table.caption = f"(too narrow for: {', '.join(dropped)}; see tables/teacher_ranking.csv)"
+    return table
