@@ -18,7 +18,8 @@ decision points found. Means and standard deviations are over seeds; RMSE is ove
 teacher) rows, nodes as the nodes table reports them (a node shared by several paths counts once
 per path). Rows whose exact alignment is undefined (an exactly zero ideal gradient: S_u holds
 only children of equal P_succ, e.g. synonyms) are left out. Two more columns: the RMSE with the
-`backup` estimator of DESIGN.md s3, recomputed after the run (`backup_errors`), and the number of
+`backup` estimator (docs/method.md#estimators), recomputed after the run (`backup_errors`), and the
+number of
 rows with |error| > 1, i.e. sign flips, nearly all at two-child nodes whose children have almost
 equal P_succ (there the cosine is +-1 and any estimate is a coin flip); a handful of them
 dominates the RMSE of a run.
@@ -145,7 +146,8 @@ def load_errors(run_dir: Path) -> tuple[pd.DataFrame, int, dict[str, int]]:
 
 
 def backup_errors(run_dir: Path) -> pd.DataFrame:
-    """The gkd rows of the nodes table recomputed with the `backup` estimator of DESIGN.md s3
+    """The gkd rows of the nodes table recomputed with the `backup` estimator
+    (docs/method.md#estimators)
     (`tree.backup_on_path`: the on-path child's P_hat replaced by the stratified estimate from
     the node below), on the same decision points and S_u, against the same exact alignment.
     Toy backend only (the student's full distributions come from the toy model). The pipeline

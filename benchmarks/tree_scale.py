@@ -1,4 +1,4 @@
-"""How fast is the generation tree at the paper's scale? (DESIGN.md s3, tree.py)
+"""How fast is the generation tree at the paper's scale? (docs/method.md#unbiased-counting, tree.py)
 
 The paper reports ~45K-200K targeted rollouts per question, responses up to thousands of tokens.
 This builds the trees of one question's representative paths from synthetic rollouts shaped like

@@ -4,7 +4,7 @@ Every function here is pure: it takes the run's tables as pandas DataFrames (col
 `schemas.py`) and returns DataFrames or flat dicts with slash-namespaced keys. Nothing needs a
 model, and nothing plots (that is `report/plots.py`).
 
-Where this departs from the paper (DESIGN.md s4, phase 3):
+Where this departs from the paper (docs/method.md#statistics):
 
 - Uncertainty is clustered by question. Decision points of one question (and of one path) are
   far from independent, so node-level tests overstate significance. Confidence intervals come

@@ -2,7 +2,8 @@
 
 A YAML file (or the CLI's small surface) fills a `RunConfig`; library code never reads argv or
 the environment. Defaults are the paper's values (section 2.5 and appendix E.9) except where
-DESIGN.md fixes a convention (`estimator: unbiased`, `restrict: renorm`).
+docs/method.md#where-we-depart-from-the-paper fixes a convention (`estimator: unbiased`, `restrict:
+renorm`).
 """
 
 from __future__ import annotations

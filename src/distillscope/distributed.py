@@ -27,7 +27,8 @@ code path: the pipeline does not know it runs on a cluster.
   shard. Nothing is counted twice: a unit is committed only once all its shards are back. A
   killed *driver* is the ordinary resume of `pipeline.run` (run the same command again).
 
-Vocabulary backends (DESIGN.md s5): a student with `backend: vllm` samples on the actors with
+Vocabulary backends (docs/architecture.md#the-model-protocol): a student with `backend: vllm`
+samples on the actors with
 vLLM; everything that needs log-probabilities (the driver's copy and the actors' scoring
 models) uses the same checkpoint with `backend: hf` (`scoring_spec`).
 

@@ -1,10 +1,11 @@
-"""The per-node gradients, alignment and features of DESIGN.md section 2, as pure numpy maths.
+"""The per-node gradients and alignment (docs/method.md#gradients), as pure numpy maths.
 
 Why this module exists: every number the diagnostic reports is a cosine between two of these
 vectors, so their sign conventions are the whole story. They are written once here, in float64,
 and pinned by name in `tests/unit/test_gradients.py`.
 
-Conventions (DESIGN.md s2, which departs from the paper where the paper is inconsistent):
+Conventions (docs/method.md#gradients; they depart from the paper where the paper is
+inconsistent):
 
 * Every gradient is an **update direction** on the student's logits z_j, j in S_u: the way the
   method moves them. A positive cosine with `ideal_gradient` means helpful. So `gkd_gradient` is
@@ -31,10 +32,8 @@ rounding residue and are set to exactly 0: a "zero gradient" (identical teacher 
 equal success rates) is then exactly zero and `cosine` reports NaN for it, without an absolute
 threshold that would misjudge tiny but real gradients.
 
-Features (`kl`, `js`, `l2`, `prob_cosine`, `entropy`, `overlap_ratio`,
-`overlap_token_advantage`, `entropy_gap`) are the numpy reference versions over full
-distributions (last axis = vocabulary, leading axes broadcast); `distillscope.scoring` computes
-the same quantities on the device, chunk by chunk. All logs are natural (nats).
+The full-vocabulary features (`kl`, `js`, ..., `overlap_token_advantage`) live in
+`distillscope.features` and are re-exported here, so `gradients.kl` keeps working.
 """
 
 from __future__ import annotations
@@ -43,6 +42,17 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from distillscope.features import (
+    entropy,
+    entropy_gap,
+    js,
+    kl,
+    l2,
+    overlap_ratio,
+    overlap_token_advantage,
+    prob_cosine,
+)
 
 Restrict = Literal["renorm", "project"]
 
@@ -290,7 +300,8 @@ def drgrpo_gradient_from_counts(
     and the sum of their advantages; `n_total` = N_u and `adv_sum_total` count *every* usable
     rollout through u, including those whose child is outside S_u (they contribute only the
     -P_theta^j A_i part). The gradient then sums to zero over S_u only when no rollout left S_u.
-    Usable rollouts are those where the choice at u was sampled (DESIGN.md s3: depth >= m).
+    Usable rollouts are those where the choice at u was sampled (docs/method.md#unbiased-counting:
+    depth >= m).
     With n_total == 0 (no rollout) the RL update is zero. `n_k` is used for checks only.
     """
     _check_restrict(restrict)
@@ -383,121 +394,3 @@ def cosine(a: ArrayLike, b: ArrayLike) -> float:
     x, y = x / mx, y / my
     c = float(np.dot(x, y) / (np.linalg.norm(x) * np.linalg.norm(y)))
     return min(1.0, max(-1.0, c))
-
-
-# --- full-vocabulary features (numpy reference) ----------------------------------------------
-
-
-def _dist(x: ArrayLike, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=np.float64)
-    if a.ndim == 0 or a.shape[-1] == 0:
-        raise ValueError(f"{name} must have a vocabulary axis (last axis)")
-    if not np.all(np.isfinite(a)) or np.any(a < 0):
-        raise ValueError(f"{name} must hold finite, non-negative probabilities")
-    return a
-
-
-def _pair(p: ArrayLike, q: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    P, Q = _dist(p, "p"), _dist(q, "q")
-    if P.shape[-1] != Q.shape[-1]:
-        raise ValueError(f"vocabulary sizes differ: {P.shape[-1]} vs {Q.shape[-1]}")
-    return P, Q
-
-
-def _out(x: np.ndarray) -> np.ndarray | float:
-    return float(x) if np.ndim(x) == 0 else x
-
-
-def _xlogy_ratio(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """p (log p - log q) with 0 log 0 = 0 and q floored at _TINY."""
-    return np.where(p > 0, p * (_log(p) - _log(q)), 0.0)
-
-
-def kl(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:
-    """KL(p || q) = sum_v p_v (log p_v - log q_v), p = student, q = teacher (GKD's direction).
-    Rounding below 0 is clipped to 0 (as for `js`)."""
-    P, Q = _pair(p, q)
-    return _out(np.maximum(np.sum(_xlogy_ratio(P, Q), axis=-1), 0.0))
-
-
-def js(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:
-    """Jensen-Shannon divergence (nats): KL(p||m)/2 + KL(q||m)/2, m = (p + q)/2.
-    (scipy's `jensenshannon` returns its square root.)"""
-    P, Q = _pair(p, q)
-    M = 0.5 * (P + Q)
-    value = 0.5 * np.sum(_xlogy_ratio(P, M), -1) + 0.5 * np.sum(_xlogy_ratio(Q, M), -1)
-    return _out(np.maximum(value, 0.0))
-
-
-def l2(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:
-    """Euclidean distance between the probability vectors."""
-    P, Q = _pair(p, q)
-    return _out(np.sqrt(np.sum((P - Q) ** 2, axis=-1)))
-
-
-def prob_cosine(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:
-    """Cosine similarity of the probability vectors (in [0, 1])."""
-    P, Q = _pair(p, q)
-    return _out(np.sum(P * Q, -1) / (np.sqrt(np.sum(P * P, -1)) * np.sqrt(np.sum(Q * Q, -1))))
-
-
-def entropy(p: ArrayLike) -> np.ndarray | float:
-    """Shannon entropy in nats."""
-    P = _dist(p, "p")
-    return _out(-np.sum(np.where(P > 0, P * _log(P), 0.0), axis=-1))
-
-
-def entropy_gap(p: ArrayLike, q: ArrayLike) -> np.ndarray | float:
-    """Companion paper eq 8: |H(q) - H(p)|."""
-    P, Q = _pair(p, q)
-    return _out(np.abs(np.asarray(entropy(Q)) - np.asarray(entropy(P))))
-
-
-def _topk_V(P: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k largest entries along the last axis (ties: lowest index first)."""
-    return np.argsort(-P, axis=-1, kind="stable")[..., :k]
-
-
-def _k_eff(k: int, V: int) -> int:
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return min(int(k), V)
-
-
-def overlap_ratio(p: ArrayLike, q: ArrayLike, k: int = 16) -> np.ndarray | float:
-    """Companion paper eq 6 at one position: |TopK(p) cap TopK(q)| / k.
-
-    k is capped at the vocabulary size. Ties are broken towards the lower token id here; the
-    device version (torch.topk) may break exact ties differently.
-    """
-    P, Q = _pair(p, q)
-    kk = _k_eff(k, P.shape[-1])
-    sp, sq = _topk_V(P, kk), _topk_V(Q, kk)
-    inter = np.any(sp[..., :, None] == sq[..., None, :], axis=-1)
-    return _out(np.sum(inter, axis=-1) / kk)
-
-
-def overlap_token_advantage(p: ArrayLike, q: ArrayLike, k: int = 16) -> np.ndarray | float:
-    """Companion paper eq 7 at one position: the mean over v in TopK(p) cap TopK(q) of
-    A(v) = p_bar(v) (log q_bar(v) - log p_bar(v)), where p_bar is p renormalised over TopK(p)
-    and q_bar is q renormalised over TopK(q) (each over its own top-k set). Negative where the
-    student over-weights shared tokens relative to the teacher; it rises toward 0 as the two
-    align. NaN when the two sets are disjoint.
-    """
-    P, Q = _pair(p, q)
-    kk = _k_eff(k, P.shape[-1])
-    sp, sq = _topk_V(P, kk), _topk_V(Q, kk)
-    logp_top = _log(np.take_along_axis(P, sp, -1))
-    logq_top = _log(np.take_along_axis(Q, sq, -1))
-    lse_p = np.log(np.sum(np.exp(logp_top - logp_top.max(-1, keepdims=True)), -1))
-    lse_p = lse_p + logp_top.max(-1)
-    lse_q = np.log(np.sum(np.exp(logq_top - logq_top.max(-1, keepdims=True)), -1))
-    lse_q = lse_q + logq_top.max(-1)
-    logpbar = logp_top - lse_p[..., None]  # over TopK(p), in sp order
-    logqbar = _log(np.take_along_axis(Q, sp, -1)) - lse_q[..., None]  # q_bar at TopK(p) tokens
-    shared = np.any(sp[..., :, None] == sq[..., None, :], axis=-1)
-    adv = np.where(shared, np.exp(logpbar) * (logqbar - logpbar), 0.0)
-    n = np.sum(shared, axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, np.sum(adv, -1) / np.maximum(n, 1), np.nan)
-    return _out(mean)

@@ -3,7 +3,8 @@
 Tables (one Parquet dataset each, under RUN_DIR/tables/<name>/part-*.parquet):
 
 questions      one row per question used by the run
-rollouts       every student rollout, initial and targeted (forced_len = m of DESIGN.md s3)
+rollouts       every student rollout, initial and targeted (forced_len = m of
+docs/method.md#unbiased-counting)
 paths          the representative paths, with their decoded tokens for display
 children       per (question, path, depth, child token): counted visits / successes under the
                run's estimator, plus the Dr. GRPO counts (rollouts with depth >= m)
@@ -90,7 +91,7 @@ DISTRIBUTIONS = pa.schema(
     ]
 )
 
-# Per-node features (full-vocabulary, student vs teacher), section 2 of DESIGN.md.
+# Per-node features (full-vocabulary, student vs teacher), docs/method.md#distribution-features.
 FEATURES = ("kl", "js", "l2", "prob_cos", "ent_student", "ent_teacher", "entropy_gap",
             "overlap_ratio", "overlap_adv")
 

@@ -1,8 +1,8 @@
 """Chunked scoring of one path under a student and a teacher, on the models' device.
 
 What: `score_path` walks a response once under each model (`LanguageModel.logprob_chunks`) and
-returns, per response position t, the full-vocabulary features of DESIGN.md s2 (names exactly
-`schemas.FEATURES`), the log-probability of the token the path took under each model, and the
+returns, per response position t, the full-vocabulary features of
+docs/method.md#distribution-features (names exactly `schemas.FEATURES`), the log-probability of the token the path took under each model, and the
 full-vocabulary probabilities of the candidate (position, token) pairs the pipeline needs:
 tokens with P > tau under the student or the teacher, the path's own token, and any `extra`
 pairs asked for (e.g. the S_u children found later).

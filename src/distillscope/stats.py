@@ -3,7 +3,8 @@ test that `analysis` uses, and the paper's node-level Welch test it reports for 
 
 Decision points of one question (and of one path) are far from independent, so every interval
 here resamples whole clusters (questions) and the permutation test moves whole paths within a
-question (DESIGN.md s3-s4). Pure numpy; an explicit `seed` gives the same numbers each time.
+question (docs/method.md#statistics). Pure numpy; an explicit `seed` gives the same numbers each
+time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The generation tree along representative paths, with unbiased child counts (DESIGN.md s3).
+"""The generation tree along representative paths, with unbiased child counts
+(docs/method.md#unbiased-counting).
 
 A representative path P (a response, token ids) defines nodes: the node at depth t is the prefix
 P[:t], for t in [0, len(P)). A rollout *passes* node t when its response starts with P[:t] and
@@ -11,7 +12,8 @@ t + 1 for a targeted rollout at depth t). Three counts are kept per (depth, chil
 
     paper     every rollout at every node it passes (the paper's section 2.5 counting, which is
               biased: a targeted rollout was not sampled by the student above its launch node)
-    unbiased  only at depths t' >= m - 1, from the launch child downward (DESIGN.md s3, default)
+    unbiased  only at depths t' >= m - 1, from the launch child downward
+              (docs/method.md#unbiased-counting, default)
     rl        only at depths t' >= m, where the choice at the node itself was sampled; these are
               the rollouts Dr. GRPO's finite-sample estimator (eq 2.4) may use
 
@@ -25,7 +27,7 @@ on-path visits of a depth range [lo, lcp) go through difference arrays and a cum
 and the one off-path child (at depth lcp) through a sort-and-bincount. Counts are integer sums,
 so the tree does not depend on the order or batching in which rollouts are added.
 
-The optional `estimator: backup` of DESIGN.md s3 is `backup_on_path` below: it needs the
+The optional `estimator: backup` (docs/method.md#estimators) is `backup_on_path` below: it needs the
 student's probabilities along the path, so it is a function of a tree, not a counting mode. A
 PathTree built with estimator "backup" counts like "unbiased"; `to_frame(p_hat_on_path=...)`
 writes the backed-up estimates of the on-path children into `p_hat`.
@@ -428,7 +430,8 @@ class QuestionTree:
 def backup_on_path(
     tree: PathTree, p_student: Callable[[int, np.ndarray], np.ndarray], n_sig: int = 20
 ) -> np.ndarray:
-    """The stratified `backup` estimate of DESIGN.md s3 for the on-path child at every depth.
+    """The stratified `backup` estimate (docs/method.md#estimators) for the on-path child at every
+    depth.
 
     Q(t, P[t]) is the value of node t + 1, estimated as sum_{j in S} pi_j Qhat(t+1, j) +
     (1 - sum_S pi_j) Qhat_rest, where S are the children of node t + 1 with >= n_sig unbiased

@@ -64,7 +64,8 @@ class Completion:
 @dataclass(frozen=True)
 class Rollout:
     """A graded student rollout. `forced_len` is the length m of the response prefix that was
-    forced (0 for initial rollouts; t + 1 for a targeted rollout at depth t), see DESIGN.md s3.
+    forced (0 for initial rollouts; t + 1 for a targeted rollout at depth t), see
+    docs/method.md#unbiased-counting.
     `response_ids` is the whole response, forced prefix included."""
 
     qid: str

@@ -1,5 +1,6 @@
 """A run killed with SIGKILL at random moments and resumed each time ends with exactly the tables
-of an uninterrupted run with the same seed (DESIGN.md s5: no rollout lost or counted twice).
+of an uninterrupted run with the same seed (docs/architecture.md#resume-and-determinism: no rollout
+lost or counted twice).
 
 Each attempt is `distillscope run CONFIG --out DIR --no-report` in its own process. To keep the
 test fast, the processes are forked from one launcher process that has imported distillscope

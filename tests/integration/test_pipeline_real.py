@@ -17,7 +17,8 @@ from distillscope.store import RunStore
 pytestmark = pytest.mark.slow
 
 STUDENT = {"backend": "hf", "model": "embedded:smollm2-135m", "device": "cpu", "dtype": "float32"}
-# "external" teacher for tests: a second configuration of the same model (DESIGN.md s6)
+# "external" teacher for tests: a second configuration of the same model
+# (docs/architecture.md#the-embedded-model)
 EXTERNAL = {**STUDENT, "system_prompt": "You are a careful assistant. Check facts twice."}
 
 

@@ -1,4 +1,4 @@
-"""The maths of DESIGN.md s2 against closed forms, finite differences and Monte Carlo.
+"""The maths of docs/method.md#gradients against closed forms, finite differences and Monte Carlo.
 
 Sign conventions and the KL direction are pinned by name here: every gradient is an update
 direction on the student's logits, and GKD descends KL(student || teacher).

@@ -1,4 +1,5 @@
-"""The toy backend and task (DESIGN.md s7): protocol, reproducible sampling, exact dynamic
+"""The toy backend and task (docs/method.md#the-synthetic-world): protocol, reproducible sampling,
+exact dynamic
 programming against Monte Carlo, scoring against the world's distribution, and the signs of the
 helpful / harmful / irrelevant teachers."""
 

