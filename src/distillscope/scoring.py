@@ -4,7 +4,8 @@ What: `score_path` walks a response once under each model (`LanguageModel.logpro
 returns, per response position t, the full-vocabulary features of
 docs/method.md#distribution-features (names exactly `schemas.FEATURES`), the log-probability
 of the token the path took under each model, and the full-vocabulary probabilities of the
-candidate (position, token) pairs the pipeline needs: tokens with P > tau under the student or the teacher, the path's own token, and any `extra`
+candidate (position, token) pairs the pipeline needs: tokens with P > tau under the student or
+the teacher, the path's own token, and any `extra`
 pairs asked for (e.g. the S_u children found later).
 
 Why this shape: a (T x V) array for a 30K-token trace and a 150K vocabulary does not fit
