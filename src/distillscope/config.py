@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 TeacherMode = Literal[
     "external", "self-1c", "self-1c1w", "self-3c", "self-sum-1c", "self-sum-1c1w", "self-1c-src"
@@ -97,6 +104,20 @@ class SamplingConfig(_Strict):
     stop_strings: list[str] = Field(default_factory=list)
     batch_groups: int = Field(8, ge=1, description="Sampling groups batched per model call.")
 
+    @field_validator("temperature", "top_p")
+    @classmethod
+    def _plain_softmax(cls, v: float, info: Any) -> float:
+        # every gradient takes P_theta to be the distribution the tree's rollouts were drawn from,
+        # the student's temperature-1, untruncated softmax (docs/method.md#the-generation-tree)
+        if v != 1.0:
+            raise ValueError(
+                f"must be 1.0 (got {v}): the tree's rollouts must be drawn from the distribution "
+                f"every gradient uses as P_theta, the student's plain softmax; a tempered or "
+                f"top-p-truncated sampler would make the ideal and Dr. GRPO gradients inconsistent "
+                f"with the sampled tree"
+            )
+        return v
+
 
 class ContextConfig(_Strict):
     """Phase 0: demonstrations and summaries for self-* teachers (appendix E.9)."""
@@ -132,7 +153,10 @@ class TreeConfig(_Strict):
     n_min: int = Field(100, ge=1, description="Counted visits each chosen child is enriched to.")
     n_sig: int = Field(20, ge=1, description="Visits for a child to enter S_u.")
     window_base: int = Field(50, ge=1, description="Windows [0,b), [b,3b), [3b,7b), ...")
-    estimator: Literal["unbiased", "paper", "backup"] = "unbiased"
+    estimator: Literal["unbiased", "paper"] = Field(
+        "unbiased", description="unbiased (default) or paper (the paper's naive cascade counting, "
+        "biased; for comparison). docs/method.md#estimators",
+    )
     budget: Literal["fixed", "adaptive"] = Field(
         "fixed", description="fixed = enrich to n_min (paper); adaptive = rounds to where it pays."
     )
@@ -152,6 +176,16 @@ class TreeConfig(_Strict):
     )
     group_size: int = Field(100, ge=1, description="Max samples per targeted-rollout group.")
     exclude_extremely_hard: bool = Field(True, description="Skip questions with pass rate 0.")
+
+    @field_validator("estimator", mode="before")
+    @classmethod
+    def _no_backup(cls, v: Any) -> Any:
+        if v == "backup":
+            raise ValueError(
+                "'backup' is not offered: on the synthetic world it gave no lower alignment error "
+                "than 'unbiased' for the same rollouts (benchmarks/RESULTS.md); use 'unbiased'"
+            )
+        return v
 
 
 class ScoringConfig(_Strict):

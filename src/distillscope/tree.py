@@ -27,10 +27,12 @@ on-path visits of a depth range [lo, lcp) go through difference arrays and a cum
 and the one off-path child (at depth lcp) through a sort-and-bincount. Counts are integer sums,
 so the tree does not depend on the order or batching in which rollouts are added.
 
-The optional `estimator: backup` (docs/method.md#estimators) is `backup_on_path` below: it needs the
-student's probabilities along the path, so it is a function of a tree, not a counting mode. A
-PathTree built with estimator "backup" counts like "unbiased"; `to_frame(p_hat_on_path=...)`
-writes the backed-up estimates of the on-path children into `p_hat`.
+`backup_on_path` below is the stratified `backup` estimate (docs/method.md#estimators): it
+needs the student's probabilities along the path, so it is a function of a tree, not a counting
+mode. The pipeline does not offer it (it did not lower the alignment error on the synthetic
+world; `benchmarks/budget.py` recomputes it after a run). A PathTree built with estimator
+"backup" counts like "unbiased"; `to_frame(p_hat_on_path=...)` writes the backed-up estimates of
+the on-path children into `p_hat`.
 
 Shape letters (types.py): N rollouts, K children of one node, L path length, C (depth, token)
 pairs.

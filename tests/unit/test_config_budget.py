@@ -158,3 +158,17 @@ def test_import_is_light_and_public_api_resolves():
     assert callable(distillscope.run) and callable(distillscope.write_report)
     with pytest.raises(AttributeError):
         distillscope.nope  # noqa: B018
+
+
+def test_backup_estimator_is_refused_not_silently_unbiased():
+    # it used to be accepted and then counted exactly like 'unbiased' while labelled 'backup'
+    with pytest.raises(ConfigError, match=r"tree\.estimator.*'backup' is not offered"):
+        parse_config({"tree": {"estimator": "backup"}})
+    assert parse_config({"tree": {"estimator": "paper"}}).tree.estimator == "paper"
+
+
+@pytest.mark.parametrize("field,value", [("temperature", 0.7), ("top_p", 0.95)])
+def test_sampler_must_be_the_plain_softmax_every_gradient_assumes(field, value):
+    with pytest.raises(ConfigError, match=rf"sampling\.{field}.*must be 1\.0 \(got {value}\)"):
+        parse_config({"sampling": {field: value}})
+    assert getattr(parse_config({"sampling": {field: 1.0}}).sampling, field) == 1.0
