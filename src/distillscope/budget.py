@@ -3,9 +3,11 @@
 Section 2.5 and appendix D of the paper. Candidates at depth t are the tokens with P > tau under
 the student or any teacher, plus the path's own token. Depth windows grow exponentially
 ([0, b), [b, 3b), [3b, 7b), ... with b = 50), so early, branch-rich positions are sampled densely.
-In each window we keep the top k candidates by |gkd gradient| = |P_theta^j (l_j - KL)| (full
-vocabulary, l_j = log P_theta^j - log P_te^j) and the top r by |P_te^j - P_theta^j|, each the
-maximum over teachers; the union is enriched to N_min counted visits.
+In each window, *for each teacher separately* (appendix D), we keep its top k candidates by
+|gkd gradient| = |P_theta^j (l_j - KL)| (full vocabulary, l_j = log P_theta^j - log P_te^j) and
+its top r by |P_te^j - P_theta^j|; the union over teachers is enriched to N_min counted visits,
+once (`select_per_teacher`). So every teacher's own important tokens are in the tree, not only
+those of the teacher that diverges most from the student.
 
 Departure from the paper: the path's own token is always a candidate but is ranked like any
 other (the paper does not say whether it is enriched unconditionally).
@@ -100,6 +102,28 @@ def select_children(
             order = np.lexsort((cands.token_C[idx], cands.depth_C[idx], -s))
             for i in idx[order[:n]]:
                 chosen.add((int(cands.depth_C[i]), int(cands.token_C[i])))
+    return sorted(chosen)
+
+
+def select_per_teacher(
+    depth: list[np.ndarray],
+    token: list[np.ndarray],
+    p_student: list[np.ndarray],
+    p_teacher: list[np.ndarray],
+    kl_at_depth: list[np.ndarray],
+    length: int,
+    *,
+    base: int,
+    top_k: int,
+    top_r: int,
+) -> list[tuple[int, int]]:
+    """Each teacher's own top_k / top_r per window (one list entry per teacher's scoring, as
+    `merge_candidates` takes them), then the union, sorted by (depth, token)."""
+    chosen: set[tuple[int, int]] = set()
+    for i in range(len(depth)):
+        cands = merge_candidates([depth[i]], [token[i]], [p_student[i]], [p_teacher[i]],
+                                 [kl_at_depth[i]])
+        chosen.update(select_children(cands, length, base=base, top_k=top_k, top_r=top_r))
     return sorted(chosen)
 
 

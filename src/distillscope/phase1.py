@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from distillscope.budget import make_allocator, merge_candidates, select_children
+from distillscope.budget import make_allocator, select_per_teacher
 from distillscope.models.base import ModelError
 from distillscope.runtime import Runtime, question_key, stable_seed
 from distillscope.scoring import score_path
@@ -174,9 +174,8 @@ def _candidates(rt: Runtime, q: Question, path_ids: np.ndarray):
         ps.append(s.p_student_C)
         pt.append(s.p_teacher_C)
         kl.append(s.features["kl"])
-    cands = merge_candidates(depth, token, ps, pt, kl)
-    chosen = select_children(cands, len(path_ids), base=cfg.window_base, top_k=cfg.top_k,
-                             top_r=cfg.top_r)
+    chosen = select_per_teacher(depth, token, ps, pt, kl, len(path_ids), base=cfg.window_base,
+                                top_k=cfg.top_k, top_r=cfg.top_r)
     return chosen, scores
 
 
@@ -242,9 +241,16 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
         return None
     ro = rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
     plan = Plan(q, qrow, paths, _build_trees(rt, paths, ro), next_id=len(ro))
+    seen: set[tuple[tuple[int, ...], int]] = set()
     for p in paths.itertuples():
-        chosen, plan.scores[p.path_id] = _candidates(rt, q, np.asarray(p.response_ids))
-        plan.chosen += [(d, p.path_id, tok) for d, tok in chosen]
+        ids = [int(t) for t in p.response_ids]
+        chosen, plan.scores[p.path_id] = _candidates(rt, q, np.asarray(ids))
+        for d, tok in chosen:
+            # a node on a prefix shared by several paths (the root, a common opening) is one
+            # node: its child is enriched once, under the first path that chose it
+            if (child := (tuple(ids[:d]), tok)) not in seen:
+                seen.add(child)
+                plan.chosen.append((d, p.path_id, tok))
     plan.chosen.sort()  # shallow first: deeper children gain from the cascade of earlier ones
     return plan
 

@@ -206,3 +206,18 @@ def test_force_with_another_question_list_refuses_to_mix_questions(tmp_path):
     shifted = toy_config(**small, **{"task.offset": 1})
     with pytest.raises(StoreError, match="belongs to .* the question list changed"):
         run(shifted.model_copy(update={"teachers": cfg.teachers[:1]}), tmp_path, force=True)
+
+
+def test_a_child_on_a_shared_prefix_is_enriched_once(toy_runs):
+    """The root is shared by every path: each of its children gets targeted rollouts up to
+    n_min once, not once per path (it used to reach 18 natural + 4 x 82 = 346 visits)."""
+    store = toy_runs["unbiased"]
+    n_min = toy_config().tree.n_min
+    ro = store.read("rollouts")
+    first = ro.response_ids.map(lambda r: int(r[0]) if len(r) else -1)
+    natural = first[ro.origin == "initial"].groupby(ro.qid).value_counts()
+    at_root = ro[(ro.origin == "targeted") & (ro.launch_depth == 0)]
+    targeted = first[at_root.index].groupby(at_root.qid).value_counts()
+    assert len(targeted)
+    for key, n in targeted.items():
+        assert n + natural.get(key, 0) <= n_min, key

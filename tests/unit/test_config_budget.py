@@ -172,3 +172,23 @@ def test_sampler_must_be_the_plain_softmax_every_gradient_assumes(field, value):
     with pytest.raises(ConfigError, match=rf"sampling\.{field}.*must be 1\.0 \(got {value}\)"):
         parse_config({"sampling": {field: value}})
     assert getattr(parse_config({"sampling": {field: 1.0}}).sampling, field) == 1.0
+
+
+def test_each_teacher_gets_its_own_top_tokens():
+    """Appendix D: per window, each teacher's own top_k / top_r. A teacher that diverges a lot
+    at token 1 must not crowd out another teacher's (smaller) top token 2."""
+    from distillscope.budget import select_per_teacher
+
+    d, k = np.array([0, 0, 0]), np.array([1, 2, 3])
+    ps = np.array([0.4, 0.3, 0.3])
+    loud = np.array([0.01, 0.3, 0.69])  # far from the student at 1 (and 3)
+    quiet = np.array([0.4, 0.36, 0.24])  # its largest move is at token 2
+    kl = [np.zeros(1), np.zeros(1)]
+    merged = select_children(merge_candidates([d, d], [k, k], [ps, ps], [loud, quiet], kl), 10,
+                             base=50, top_k=0, top_r=1)
+    per = select_per_teacher([d, d], [k, k], [ps, ps], [loud, quiet], kl, 10, base=50, top_k=0,
+                             top_r=1)
+    assert (0, 2) not in merged  # the max over teachers picks the loud teacher's token only
+    assert (0, 2) in per and set(merged) <= set(per)
+    assert per == select_per_teacher([d], [k], [ps], [loud], kl[:1], 10, base=50, top_k=0,
+                                     top_r=1) + [(0, 2)]
