@@ -126,12 +126,14 @@ class ContextConfig(_Strict):
     max_trials: int = Field(60, ge=1, description="Demo samples per question before giving up.")
     demo_max_new_tokens: int | None = Field(None, description="Default: sampling.max_new_tokens.")
     summarizer: ModelSpec | None = Field(None, description="Summariser; null = the student.")
-    missing_demos: Literal["exclude_question", "skip_teacher"] = Field(
-        "exclude_question",
-        description="A question where a self-* teacher finds no demonstration within "
-        "max_trials: exclude_question = leave it out for every teacher (rankings compare "
-        "teachers on the same questions); skip_teacher = keep it, score only the teachers "
-        "that have a context there (more questions; each teacher's n_questions may differ).",
+    missing_demos: Literal["paper", "exclude_question", "skip_teacher"] = Field(
+        "paper",
+        description="A question where a self-* teacher lacks its demonstrations after "
+        "max_trials. paper (default) = keep the question when every demonstration source has a "
+        "correct demonstration (the paper's filter) and skip, on that question only, a teacher "
+        "whose extra demos (a wrong one, three correct, summaries) are missing; "
+        "exclude_question = leave it out for every teacher when any teacher lacks its demos; "
+        "skip_teacher = keep every question, score the teachers that have a context there.",
     )
 
 
@@ -232,7 +234,7 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = (("context", "missing_demos", "exclude_question"),)
+_LATER_FIELDS = (("context", "missing_demos", "paper"),)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,8 +24,9 @@ def phase0(rt: Runtime, cache: dict[str, LanguageModel] | None = None) -> None:
     """Build every teacher's context for every question. self-* modes need demonstrations
     (and summaries), generated once per (question, source model) and stored in the run
     (RUN_DIR/demos.parquet); a question whose demos cannot be found within
-    context.max_trials is recorded in `rt.unavailable` and, by `context.missing_demos`, either
-    excluded from the tree or kept without that teacher."""
+    context.max_trials is recorded in `rt.unavailable` (and, when a source has no correct
+    demonstration at all, in `rt.no_correct_demo`); `context.missing_demos` then decides in
+    phase 1 whether the question is excluded or kept without that teacher."""
     cfg = rt.config
     models = cache if cache is not None else {}
 
@@ -67,6 +68,10 @@ def phase0(rt: Runtime, cache: dict[str, LanguageModel] | None = None) -> None:
                                n_wrong=n["sum_wrong"], max_new_tokens=cfg.sampling.max_new_tokens,
                                seed=cfg.seed)
         for q in rt.questions:
+            # the paper's filter: a correct demonstration available under every source
+            lacking = [src for src in needs if bank.status(q.qid, src, 1, 0).n_correct < 1]
+            if lacking:
+                rt.no_correct_demo[q.qid] = lacking
             user = rt.task.user_message(q)
             for t in rt.teachers:
                 if t.spec.mode == "external":

@@ -212,8 +212,14 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
         )
     pass_rate = float(init.reward.mean()) if len(init) else 0.0
     skipped = rt.unavailable.get(q.qid, [])
-    if skipped and rt.config.context.missing_demos == "exclude_question":
+    no_correct = rt.no_correct_demo.get(q.qid, [])
+    policy = rt.config.context.missing_demos
+    if skipped and policy == "exclude_question":
         note = "excluded: no demonstration for " + ", ".join(skipped)
+        paths = pd.DataFrame()
+    elif no_correct and policy == "paper":
+        note = ("excluded: no correct demonstration from source " + ", ".join(no_correct)
+                + " (not scored: " + ", ".join(skipped) + ")")
         paths = pd.DataFrame()
     elif pass_rate == 0 and cfg.exclude_extremely_hard:
         note = "excluded: extremely hard (no correct initial rollout)"

@@ -60,6 +60,7 @@ class Runtime:
     reporter: Reporter
     timer: Timer = field(default_factory=Timer)
     unavailable: dict[str, list[str]] = field(default_factory=dict)  # qid -> teachers lacking demos
+    no_correct_demo: dict[str, list[str]] = field(default_factory=dict)  # qid -> such sources
     checked_keys: set[str] = field(default_factory=set)  # unit keys checked against their qid
 
     @property

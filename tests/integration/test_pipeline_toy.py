@@ -170,10 +170,12 @@ def test_cli_screen_writes_tables_7_to_9(tmp_path):
         t8.set_index("variant").loc["baseline", "acc"])
 
 
-@pytest.mark.parametrize("policy", ["exclude_question", "skip_teacher"])
+@pytest.mark.parametrize("policy", ["paper", "exclude_question", "skip_teacher"])
 def test_a_teacher_without_demonstrations_excludes_or_is_skipped(policy, tmp_path):
     """self-3c needs three correct demos; two trials cannot give them. exclude_question leaves
-    every question out; skip_teacher keeps them and scores the teachers that have a context."""
+    every question out; skip_teacher keeps them and scores the teachers that have a context;
+    paper (the default) keeps a question whose source has a correct demo and skips self-3c
+    there, so the external teacher's questions do not depend on which self-* modes exist."""
     cfg = toy_config(**{"task.options.n_questions": 2, "tree.G": 60, "tree.n_min": 20,
                         "context.max_trials": 2, "context.missing_demos": policy})
     teachers = [t for t in cfg.teachers if t.name == "helpful"]
@@ -185,6 +187,16 @@ def test_a_teacher_without_demonstrations_excludes_or_is_skipped(policy, tmp_pat
     if policy == "exclude_question":
         assert q.note.str.startswith("excluded: no demonstration for self-3c").all()
         assert len(nodes) == 0
+    elif policy == "paper":
+        demos = pd.read_parquet(tmp_path / "demos.parquet")
+        has_correct = set(demos[demos.correct].qid)
+        for r in q.itertuples():
+            if r.qid in has_correct:
+                assert not r.note.startswith("excluded") and "not scored for self-3c" in r.note
+            else:
+                assert r.note.startswith("excluded: no correct demonstration from source")
+        assert has_correct & set(q.qid), "the test needs a question with a correct demo"
+        assert set(nodes.teacher) == {"helpful"} and set(nodes.qid) <= has_correct
     else:
         assert len(scored) == 2 and scored.note.str.contains("not scored for self-3c").all()
         assert len(nodes) and set(nodes.teacher) == {"helpful"}
