@@ -141,6 +141,10 @@ class ScreenConfig(_Strict):
     G: int = Field(32, ge=1, description="Rollouts per question and variant.")
     temperature: float = Field(1.0, gt=0)
     require_all_sources: bool = Field(True, description="Intersection filter (table 7).")
+    select: list[Literal["easy", "medium", "hard"]] | None = Field(
+        None, description="run: screen first and analyse only the questions in these difficulty "
+        "bins (of the student's baseline pass rate); null = analyse every question.",
+    )
 
 
 class TreeConfig(_Strict):
@@ -234,7 +238,7 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-_LATER_FIELDS = (("context", "missing_demos", "paper"),)
+_LATER_FIELDS = (("context", "missing_demos", "paper"), ("screen", "select", None))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,8 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
         config_run = config
     rt = load_runtime(config_run, store, reporter, models)
     store.provenance_meta = {"distillscope.config_fingerprint": config.fingerprint()}
+    if config.screen.select:
+        _select_by_screening(rt, models)
     if no_new_rollouts:
         missing = [q.qid for q in rt.questions
                    if not store.is_done(f"{question_key(rt, q)}/z-children")]
@@ -62,6 +64,32 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
         phase2(rt)
     _record_provenance(rt, score)
     return rt
+
+
+def _select_by_screening(rt: Runtime, models: dict[str, LanguageModel] | None) -> None:
+    """`screen.select`: screen the questions (the paper's selection: the student's pass rate
+    from screen.G rollouts, difficulty bins) and keep the analysis questions in those bins.
+    The choice is stored (RUN_DIR/screen/selection.json, keyed by the config fingerprint) so a
+    resumed run does not screen again."""
+    cfg, store = rt.config, rt.store
+    fp = cfg.fingerprint()
+    saved = store.read_json("screen/selection.json")
+    if saved.get("fingerprint") != fp:
+        result = screen_run(cfg, store.dir, reporter=rt.reporter, models=models, runtime=rt)
+        bins = {q: result.difficulty[q] for q in result.analysis_qids}
+        keep = [q.qid for q in rt.questions if bins.get(q.qid) in cfg.screen.select]
+        counts = {b: sum(1 for q in keep if bins[q] == b) for b in cfg.screen.select}
+        saved = {"fingerprint": fp, "bins": list(cfg.screen.select), "qids": keep,
+                 "counts": counts, "screened": len(rt.questions),
+                 "analysable": len(result.analysis_qids)}
+        store.write_json("screen/selection.json", saved)
+    keep_set = set(saved["qids"])
+    rt.questions = [q for q in rt.questions if q.qid in keep_set]
+    rt.reporter.log(f"screening: {len(rt.questions)} of {saved['screened']} questions in "
+                    f"{', '.join(saved['bins'])} ({saved['counts']})")
+    if not rt.questions:
+        raise StoreError(f"{store.dir}: no question is in the screened bins "
+                         f"{', '.join(saved['bins'])}; widen screen.select")
 
 
 def rollout_counts(store: RunStore) -> dict[str, int]:
@@ -92,15 +120,19 @@ def _record_provenance(rt: Runtime, scored: bool) -> None:
 
 
 def screen_run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
-               models: dict[str, LanguageModel] | None = None):
+               models: dict[str, LanguageModel] | None = None, runtime: Runtime | None = None):
     """Phase 0 screening (tables 7-9): pass rates per context variant into OUT/screen/.
-    Returns the screening.ScreenResult; its files are listed by `screen_files(out)`."""
+    Returns the screening.ScreenResult; its files are listed by `screen_files(out)`.
+    `runtime`: an already loaded run (`run` with `screen.select`), reused as it is."""
     from distillscope import contexts, screening
 
-    store = RunStore(out)
-    config = store.open_for(config)
     cache = models if models is not None else {}
-    rt = load_runtime(config, store, reporter, cache)
+    if runtime is None:
+        store = RunStore(out)
+        config = store.open_for(config)
+        rt = load_runtime(config, store, reporter, cache)
+    else:
+        rt, store = runtime, runtime.store
     sources = {t.name: get_model(cache, t.source) for t in config.teachers
                if t.mode == "self-1c-src" and t.source is not None}
     summarizer = (get_model(cache, config.context.summarizer)

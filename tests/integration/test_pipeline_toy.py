@@ -233,3 +233,34 @@ def test_a_child_on_a_shared_prefix_is_enriched_once(toy_runs):
     assert len(targeted)
     for key, n in targeted.items():
         assert n + natural.get(key, 0) <= n_min, key
+
+
+def test_run_screens_first_and_keeps_the_selected_bins(tmp_path, monkeypatch):
+    """screen.select: the run screens, keeps the analysis questions in those bins, stores the
+    choice, and a resumed run reuses it instead of screening again."""
+    import distillscope.pipeline as P
+
+    calls = []
+
+    class Result:
+        difficulty = {"toy-0": "medium", "toy-1": "hard", "toy-2": "easy"}
+        analysis_qids = ["toy-0", "toy-1", "toy-2"]
+
+    def fake_screen(*args, **kw):
+        calls.append(1)
+        return Result()
+
+    monkeypatch.setattr(P, "screen_run", fake_screen)
+    cfg = toy_config(**{"task.options.n_questions": 3, "tree.G": 60, "tree.n_min": 20,
+                        "screen.select": ["hard", "easy"]})
+    run(cfg, tmp_path)
+    store = RunStore(tmp_path)
+    assert sorted(store.read("questions").qid) == ["toy-1", "toy-2"]
+    sel = store.read_json("screen/selection.json")
+    assert sel["counts"] == {"hard": 1, "easy": 1} and sel["screened"] == 3
+    run(cfg, tmp_path)  # resume: no second screening
+    assert calls == [1]
+    Result.difficulty = {"toy-0": "hard", "toy-1": "hard", "toy-2": "easy"}
+    with pytest.raises(P.StoreError, match="no question is in the screened bins medium"):
+        run(toy_config(**{"task.options.n_questions": 3, "screen.select": ["medium"]}),
+            tmp_path / "none")
