@@ -109,6 +109,9 @@ def _record_provenance(rt: Runtime, scored: bool) -> None:
     for k, v in rt.timer.metrics.items():
         prov[k] = prov.get(k, 0.0) + v
     prov["invocations"] = int(prov.get("invocations", 0)) + 1
+    sel = store.read_json("screen/selection.json") if rt.config.screen.select else {}
+    if sel:
+        prov["screen_selection"] = {k: sel[k] for k in ("bins", "counts", "screened")}
     # merged: `score --teacher X` must not drop what earlier invocations recorded for others
     unavailable = {q: list(v) for q, v in prov.get("unavailable_demos", {}).items()}
     for qid, lacking in rt.unavailable.items():
