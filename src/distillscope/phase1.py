@@ -35,8 +35,8 @@ from distillscope.screening import difficulty
 from distillscope.tree import PathTree
 from distillscope.types import Question, SampleRequest, SamplingParams
 
-__all__ = ["Plan", "decision_points", "finish_question", "lookup", "phase1", "plan_question",
-           "student_distributions"]
+__all__ = ["Plan", "decision_points", "enrich_added_teacher", "finish_question", "lookup",
+           "phase1", "plan_question", "student_distributions"]
 
 
 def phase1(rt: Runtime) -> None:
@@ -156,14 +156,17 @@ def _build_trees(rt: Runtime, paths: pd.DataFrame, ro: pd.DataFrame) -> dict[int
     return trees
 
 
-def _candidates(rt: Runtime, q: Question, path_ids: np.ndarray):
-    """Score the path under the student and every teacher; choose the children to enrich.
-    Returns (chosen (depth, token) pairs, {teacher name or "student": PathScores})."""
+def _candidates(rt: Runtime, q: Question, path_ids: np.ndarray, only: list[str] | None = None):
+    """Score the path under the student and every teacher (or the teachers named in `only`);
+    choose the children to enrich. Returns (chosen (depth, token) pairs, {teacher name or
+    "student": PathScores})."""
     cfg = rt.config.tree
     sc = rt.config.scoring
     depth, token, ps, pt, kl = [], [], [], [], []
     scores = {}
-    teachers = [t for t in rt.teachers if q.qid in t.contexts] or [None]
+    teachers = [t for t in rt.teachers
+                if q.qid in t.contexts and (only is None or t.spec.name in only)]
+    teachers = teachers or ([None] if only is None else [])
     for t in teachers:
         s = score_path(rt.student, rt.student_ctx[q.qid], t.model if t else None,
                        t.contexts[q.qid] if t else None, path_ids, tau=cfg.tau,
@@ -247,10 +250,16 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
         return None
     ro = rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
     plan = Plan(q, qrow, paths, _build_trees(rt, paths, ro), next_id=len(ro))
+    _choose(rt, plan)
+    return plan
+
+
+def _choose(rt: Runtime, plan: Plan, only: list[str] | None = None) -> None:
+    """plan.chosen and plan.scores from every path's candidates (of the teachers in `only`)."""
     seen: set[tuple[tuple[int, ...], int]] = set()
-    for p in paths.itertuples():
+    for p in plan.paths.itertuples():
         ids = [int(t) for t in p.response_ids]
-        chosen, plan.scores[p.path_id] = _candidates(rt, q, np.asarray(ids))
+        chosen, plan.scores[p.path_id] = _candidates(rt, plan.q, np.asarray(ids), only)
         for d, tok in chosen:
             # a node on a prefix shared by several paths (the root, a common opening) is one
             # node: its child is enriched once, under the first path that chose it
@@ -258,7 +267,6 @@ def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
                 seen.add(child)
                 plan.chosen.append((d, p.path_id, tok))
     plan.chosen.sort()  # shallow first: deeper children gain from the cascade of earlier ones
-    return plan
 
 
 def finish_question(rt: Runtime, plan: Plan, bar) -> None:
@@ -274,10 +282,10 @@ def finish_question(rt: Runtime, plan: Plan, bar) -> None:
                                           "children": children, "distributions": dist})
 
 
-def _targeted(rt: Runtime, plan: Plan, bar) -> None:
-    """Targeted rollouts in deterministic units. The allocator (budget.make_allocator) decides
-    each unit's groups from the tree as committed so far, so a resumed run that replays the
-    committed units rebuilds exactly the same later units."""
+def _targeted(rt: Runtime, plan: Plan, bar, tag: str = "tgt") -> None:
+    """Targeted rollouts in deterministic units (`q#####/b-<tag>#####`). The allocator
+    (budget.make_allocator) decides each unit's groups from the tree as committed so far, so a
+    resumed run that replays the committed units rebuilds exactly the same later units."""
     cfg = rt.config.tree
     q, key, trees = plan.q, question_key(rt, plan.q), plan.trees
     ctx = list(rt.student_ctx[q.qid])
@@ -288,12 +296,12 @@ def _targeted(rt: Runtime, plan: Plan, bar) -> None:
         alloc = allocator.next_batch(plan, rt.config.sampling.batch_groups)
         if not alloc:
             break
-        unit = f"{key}/b-tgt{u:05d}"
+        unit = f"{key}/b-{tag}{u:05d}"
         reqs = []
         for pid, d, tok, need in alloc:
             for g, start in enumerate(range(0, need, cfg.group_size)):
                 n = min(cfg.group_size, need - start)
-                seed = stable_seed(rt.config.seed, q.qid, "tgt", u, pid, d, tok, g)
+                seed = stable_seed(rt.config.seed, q.qid, tag, u, pid, d, tok, g)
                 prefix = tuple(ctx + path_ids[pid][:d] + [tok])
                 reqs.append((SampleRequest(prefix, n, seed),
                              {"origin": "targeted", "path_id": pid, "depth": d}))
@@ -308,6 +316,50 @@ def _targeted(rt: Runtime, plan: Plan, bar) -> None:
         for tree in trees.values():
             tree.add(list(rows.response_ids), rows.forced_len.to_numpy(), rows.reward.to_numpy())
         u += 1
+
+
+def enrich_added_teacher(rt: Runtime, name: str) -> list[str]:
+    """Targeted rollouts at teacher `name`'s own top tokens on a finished tree: what a run with
+    that teacher from the start would have enriched (`distillscope score`). Every rollout
+    already in the tree counts (a child enriched for another teacher needs nothing more); new
+    ones are committed as units `q#####/b-tgt+<name>/#####`, so a killed call resumes. Where
+    the tree grew, its children table is rebuilt and every teacher's scores on that question
+    are dropped (phase 2 redoes them on the grown tree); `q#####/y-grown-<name>` marks the
+    question done. Returns the qids whose tree grew in this call."""
+    grown = []
+    tag = f"tgt+{name}/"
+    with rt.timer("phase1"), rt.reporter.bar(f"phase 1: targeted rollouts for '{name}'", None,
+                                             unit="rollouts") as bar:
+        for q in rt.questions:
+            key = question_key(rt, q)
+            done, marker = f"{key}/z-children", f"{key}/y-grown-{name}"
+            if rt.store.is_done(marker) or not any(t.spec.name == name and q.qid in t.contexts
+                                                   for t in rt.teachers):
+                continue
+            paths = rt.store.read("paths", unit_prefix=done)
+            if not len(paths):
+                continue
+            ro = rt.store.read("rollouts", unit_prefix=f"{key}/")
+            # the tree as it was before this teacher: its own units are replayed, as on resume
+            own = ro.rollout_id.isin(rt.store.read("rollouts", unit_prefix=f"{key}/b-{tag}")
+                                     .rollout_id)
+            base = ro[~own]
+            qrow = rt.store.read("questions", unit_prefix=done).iloc[0].to_dict()
+            plan = Plan(q, qrow, paths, _build_trees(rt, paths, base),
+                        next_id=int(base.rollout_id.max()) + 1)
+            _choose(rt, plan, only=[name])
+            _targeted(rt, plan, bar, tag=tag)
+            if any(u.startswith(f"{key}/b-{tag}") for u in rt.store.done_units()):
+                grown.append(q.qid)
+                ro = rt.store.read("rollouts", unit_prefix=f"{key}/")
+                children = _children_frames(rt, q, paths, _build_trees(rt, paths, ro))
+                dist = student_distributions(rt, q, paths, children)
+                rt.store.uncommit(f"{key}/c-score-")
+                rt.store.uncommit(done)
+                rt.store.commit(done, {"questions": [qrow], "paths": paths,
+                                       "children": children, "distributions": dist})
+            rt.store.commit(marker, {})
+    return grown
 
 
 def _children_frames(rt: Runtime, q: Question, paths: pd.DataFrame,

@@ -23,7 +23,7 @@ from typing import Any
 from distillscope.config import RunConfig
 from distillscope.models.base import LanguageModel
 from distillscope.phase0 import phase0
-from distillscope.phase1 import phase1
+from distillscope.phase1 import enrich_added_teacher, phase1
 from distillscope.phase2 import phase2
 from distillscope.progress import Reporter
 from distillscope.runtime import Runtime, get_model, load_runtime, provenance, question_key
@@ -35,11 +35,15 @@ __all__ = ["Runtime", "rollout_counts", "run", "screen_run"]
 def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
         force: bool = False, models: dict[str, LanguageModel] | None = None,
         teachers_only: list[str] | None = None, score: bool = True,
-        no_new_rollouts: bool = False) -> Runtime:
+        no_new_rollouts: bool = False, enrich: list[str] | None = None) -> Runtime:
     """The whole pipeline (phases 0-2); resumes a partial run in `out`.
 
     `score=False` stops after the shared tree (`distillscope rollout`). `no_new_rollouts`
-    (used by `distillscope score`) refuses to sample: the tree must be complete."""
+    (`distillscope score --no-rollouts`) refuses to sample: the tree must be complete, and the
+    teachers of `teachers_only` are scored on it as it is ("borrowed" enrichment). `enrich`
+    (`distillscope score`) names teachers added to a finished run: their own top tokens get
+    targeted rollouts first (`phase1.enrich_added_teacher`), and every teacher is rescored where
+    the tree grew."""
     store = RunStore(out)
     config = store.open_for(config, force=force)
     if teachers_only is not None:
@@ -60,9 +64,13 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
                              f"'distillscope run' or 'distillscope rollout' first")
     phase0(rt, models)
     phase1(rt)
+    grown: set[str] = set()
+    for name in enrich or []:
+        grown.update(enrich_added_teacher(rt, name))
     if score:
         phase2(rt)
-    _record_provenance(rt, score)
+    _record_provenance(rt, score, borrowed=teachers_only if no_new_rollouts else None,
+                       own=enrich, grown=len(grown))
     return rt
 
 
@@ -99,8 +107,12 @@ def rollout_counts(store: RunStore) -> dict[str, int]:
             "rollouts/targeted": int((ro.origin == "targeted").sum())}
 
 
-def _record_provenance(rt: Runtime, scored: bool) -> None:
-    """Merge this invocation into RUN_DIR/provenance.json (earlier ones stay counted)."""
+def _record_provenance(rt: Runtime, scored: bool, *, borrowed: list[str] | None = None,
+                       own: list[str] | None = None, grown: int = 0) -> None:
+    """Merge this invocation into RUN_DIR/provenance.json (earlier ones stay counted).
+    `enrichment` says, per teacher, whether its own top tokens were enriched ("own": in the
+    run from the start, or added with `score`) or it was scored on a tree enriched for the
+    others ("borrowed": `score --no-rollouts`)."""
     store = rt.store
     prov: dict[str, Any] = store.read_json("provenance.json")
     prov.update(provenance(rt))
@@ -117,6 +129,15 @@ def _record_provenance(rt: Runtime, scored: bool) -> None:
     for qid, lacking in rt.unavailable.items():
         unavailable[qid] = sorted(set(unavailable.get(qid, [])) | set(lacking))
     prov["unavailable_demos"] = unavailable
+    enrichment = dict(prov.get("enrichment", {}))
+    for t in rt.teachers if scored else []:
+        lent = borrowed is not None and t.spec.name in borrowed
+        enrichment.setdefault(t.spec.name, "borrowed" if lent else "own")
+    for name in own or []:
+        enrichment[name] = "own"
+    prov["enrichment"] = dict(sorted(enrichment.items()))
+    if grown:
+        prov["questions_regrown"] = int(prov.get("questions_regrown", 0)) + grown
     prov["teachers_scored"] = sorted(set(prov.get("teachers_scored", []))
                                      | ({t.spec.name for t in rt.teachers} if scored else set()))
     store.write_json("provenance.json", prov)

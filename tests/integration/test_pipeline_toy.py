@@ -264,3 +264,45 @@ def test_run_screens_first_and_keeps_the_selected_bins(tmp_path, monkeypatch):
     with pytest.raises(P.StoreError, match="no question is in the screened bins medium"):
         run(toy_config(**{"task.options.n_questions": 3, "screen.select": ["medium"]}),
             tmp_path / "none")
+
+
+def _dp_keys(store: RunStore, n_sig: int) -> set:
+    dp = decision_points(store.read("children"), n_sig)
+    return set(map(tuple, dp[["qid", "path_id", "depth"]].drop_duplicates().to_numpy()))
+
+
+def test_a_teacher_added_later_gets_its_own_tokens(tmp_path):
+    """`score` for a new teacher enriches that teacher's own top tokens (units that resume),
+    regrows the children table where new rollouts landed and rescores every teacher there, so
+    all scores stand on the same tree; --no-rollouts scores it on the tree as it was."""
+    small = {"task.options.n_questions": 3, "tree.G": 80, "tree.n_min": 30}
+    full = toy_config(**small)
+    first = full.model_copy(update={"teachers": [t for t in full.teachers
+                                                 if t.name in ("helpful", "harmful")]})
+    run(first, tmp_path / "later")
+    run(first, tmp_path / "borrowed")
+    before = RunStore(tmp_path / "later").count_rows("rollouts")
+    run(full, tmp_path / "borrowed", teachers_only=["irrelevant"], no_new_rollouts=True)
+    run(full, tmp_path / "later", enrich=["irrelevant", "self-1c"])
+    run(full, tmp_path / "start")
+    later, borrowed = RunStore(tmp_path / "later"), RunStore(tmp_path / "borrowed")
+    assert later.count_rows("rollouts") > before == borrowed.count_rows("rollouts")
+    prov = later.read_json("provenance.json")
+    assert prov["enrichment"]["irrelevant"] == "own" and prov["questions_regrown"] >= 1
+    assert borrowed.read_json("provenance.json")["enrichment"]["irrelevant"] == "borrowed"
+    # every teacher's rows stand on the tree as it is now (the others were rescored)
+    nodes, keys = later.read("nodes"), _dp_keys(later, full.tree.n_sig)
+    for t in ("helpful", "harmful", "irrelevant", "self-1c"):
+        got = set(map(tuple, nodes[nodes.teacher == t][["qid", "path_id", "depth"]]
+                      .drop_duplicates().to_numpy()))
+        assert got and got <= keys, t
+    # the added teacher's own tokens: about as many decision points as from the start
+    n = {name: _dp_keys(RunStore(tmp_path / name), full.tree.n_sig)
+         for name in ("later", "start", "borrowed")}
+    assert len(n["later"]) > len(n["borrowed"])
+    assert abs(len(n["later"]) - len(n["start"])) <= 0.15 * len(n["start"])
+    # idempotent: a second call samples nothing and rescores nothing
+    rows, units = later.count_rows("rollouts"), set(RunStore(tmp_path / "later").done_units())
+    run(full, tmp_path / "later", enrich=["irrelevant", "self-1c"])
+    assert RunStore(tmp_path / "later").count_rows("rollouts") == rows
+    assert set(RunStore(tmp_path / "later").done_units()) == units
