@@ -114,7 +114,7 @@ def teacher_ranking(
         s_Q = np.bincount(codes, weights=d["align"].to_numpy(), minlength=len(qids))
         n_Q = np.bincount(codes, minlength=len(qids)).astype(float)
         has_Q = (n_Q > 0).astype(float)  # a question counts once where the teacher has nodes
-        m_Q = np.divide(s_Q, n_Q, out=np.zeros_like(s_Q), where=n_Q > 0)
+        m_Q = np.divide(s_Q, n_Q, out=np.zeros(len(qids)), where=n_Q > 0)
         boot = ratio_boot(w_B_Q, m_Q, has_Q) if len(qids) >= 2 else np.full(n_boot, np.nan)
         lo, hi = percentile_ci(boot, level)
         boots[t] = boot

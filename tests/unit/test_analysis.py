@@ -121,6 +121,16 @@ def test_teacher_ranking_weighs_each_question_once_and_reports_the_pooled_mean()
     assert s["ranking/gkd/a/mean_nodes"] == pytest.approx(0.375)
 
 
+def test_teacher_ranking_teacher_without_a_defined_alignment():
+    df = frame([node(qid="q0", teacher="a", align=0.3), node(qid="q1", teacher="a", align=0.1),
+                node(qid="q0", teacher="z", align=math.nan)])
+    r = A.teacher_ranking(df, n_boot=100).set_index("teacher")
+    assert list(r.index) == ["a", "z"]
+    assert r.loc["a", "mean"] == pytest.approx(0.2)
+    assert r.loc["z", ["mean", "mean_nodes", "ci_low"]].isna().all()
+    assert r.loc["z", "n_nodes"] == 0 and r.loc["z", "n_nan"] == 1
+
+
 def test_teacher_ranking_single_question_has_no_ci():
     df = frame([node(teacher="a", align=0.3), node(teacher="b", align=0.1)])
     r = A.teacher_ranking(df, n_boot=100)
