@@ -32,6 +32,7 @@ from distillscope.schemas import SCHEMAS
 from distillscope.stats import (
     boot_weights,
     clustered_mean_ci,
+    grouped_spearman,
     percentile_ci,
     permutation_test,
     ratio_boot,
@@ -85,17 +86,22 @@ def teacher_ranking(
     seed: int = 0,
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """Teachers ranked by mean alignment (over decision points) with question-clustered
-    bootstrap CIs. All teachers share the same resampled questions, so the gap between a
-    teacher and the next-ranked one gets a paired CI (`gap_ci_*`); `separated` says whether
-    that CI excludes 0. Row order = rank."""
+    """Teachers ranked by `mean`, the question-weighted mean alignment: per question, the mean
+    over that teacher's decision points in it (whatever paths they lie on); then the plain mean
+    over the questions where it has any, so each question counts once. `mean_nodes` is the
+    node-pooled mean (a question with more decision points weighs more), for comparison.
+
+    CIs: question-clustered bootstrap of `mean` itself (each resample recomputes the
+    question-weighted mean over the drawn questions). All teachers share the same resampled
+    questions, so the gap to the next-ranked teacher gets a paired CI (`gap_ci_*`);
+    `separated` says whether that CI excludes 0. Row order = rank."""
     df, _ = decision_points(nodes, method)
     nan_by_t = (
         nodes[(nodes["method"] == method) & nodes["align"].isna()].groupby("teacher").size()
     )
     teachers = sorted(set(nodes.loc[nodes["method"] == method, "teacher"]))
-    cols = ["rank", "teacher", "mean", "ci_low", "ci_high", "ci_half", "n_nodes", "n_nan",
-            "n_questions", "gap_to_next", "gap_ci_low", "gap_ci_high", "separated"]
+    cols = ["rank", "teacher", "mean", "ci_low", "ci_high", "ci_half", "mean_nodes", "n_nodes",
+            "n_nan", "n_questions", "gap_to_next", "gap_ci_low", "gap_ci_high", "separated"]
     if not teachers:
         return pd.DataFrame(columns=cols)
     qids = sorted(set(df["qid"]))
@@ -107,13 +113,17 @@ def teacher_ranking(
         codes = d["qid"].map(q_index).to_numpy(dtype=int)
         s_Q = np.bincount(codes, weights=d["align"].to_numpy(), minlength=len(qids))
         n_Q = np.bincount(codes, minlength=len(qids)).astype(float)
-        boot = ratio_boot(w_B_Q, s_Q, n_Q) if len(qids) >= 2 else np.full(n_boot, np.nan)
+        has_Q = (n_Q > 0).astype(float)  # a question counts once where the teacher has nodes
+        m_Q = np.divide(s_Q, n_Q, out=np.zeros(len(qids)), where=n_Q > 0)
+        boot = ratio_boot(w_B_Q, m_Q, has_Q) if len(qids) >= 2 else np.full(n_boot, np.nan)
         lo, hi = percentile_ci(boot, level)
         boots[t] = boot
-        mean = float(d["align"].mean()) if len(d) else math.nan
+        mean = float(m_Q[n_Q > 0].mean()) if len(d) else math.nan
         rows.append({"teacher": t, "mean": mean, "ci_low": lo, "ci_high": hi,
-                     "ci_half": (hi - lo) / 2, "n_nodes": len(d),
-                     "n_nan": int(nan_by_t.get(t, 0)), "n_questions": d["qid"].nunique()})
+                     "ci_half": (hi - lo) / 2,
+                     "mean_nodes": float(d["align"].mean()) if len(d) else math.nan,
+                     "n_nodes": len(d), "n_nan": int(nan_by_t.get(t, 0)),
+                     "n_questions": d["qid"].nunique()})
     out = pd.DataFrame(rows)
     out = out.sort_values(["mean", "teacher"], ascending=[False, True], na_position="last")
     out.insert(0, "rank", np.arange(1, len(out) + 1))
@@ -237,23 +247,6 @@ def teacher_metrics(nodes: pd.DataFrame, method: str = "gkd") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _grouped_spearman(d: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.DataFrame:
-    """Per group: n, whether x or y is constant, and Spearman rho (Pearson of average ranks),
-    computed with grouped sums rather than a Python loop over groups."""
-    g = d.groupby(keys, sort=True)
-    rx, ry = g[x].rank(), g[y].rank()
-    t = pd.DataFrame({**{k: d[k] for k in keys}, "rx": rx, "ry": ry, "rxx": rx * rx,
-                      "ryy": ry * ry, "rxy": rx * ry})
-    sums = t.groupby(keys, sort=True).agg(["sum"]).droplevel(1, axis=1)
-    n = g.size()
-    const = (g[x].max() == g[x].min()) | (g[y].max() == g[y].min())
-    cov = n * sums["rxy"] - sums["rx"] * sums["ry"]
-    var = (n * sums["rxx"] - sums["rx"] ** 2) * (n * sums["ryy"] - sums["ry"] ** 2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = cov / np.sqrt(var)
-    return pd.DataFrame({"n": n, "constant": const, "rho": rho.clip(-1, 1)}).reset_index()
-
-
 def within_path_spearman(
     nodes: pd.DataFrame,
     method: str = "gkd",
@@ -274,7 +267,7 @@ def within_path_spearman(
         if f not in df:
             continue
         d = df.loc[np.isfinite(df[f].astype(float)), keys + ["align", f]]
-        r = _grouped_spearman(d, keys, "align", f) if len(d) else pd.DataFrame(
+        r = grouped_spearman(d, keys, "align", f) if len(d) else pd.DataFrame(
             columns=keys + ["n", "constant", "rho"])
         r["why"] = np.where(r["n"] < min_nodes, "few", np.where(r["constant"], "constant", ""))
         r.loc[r["why"] != "", "rho"] = np.nan
@@ -464,8 +457,8 @@ def summarize(nodes: pd.DataFrame, results: dict[str, pd.DataFrame], method: str
     out["run/n_questions"] = nodes["qid"].nunique()
     out["run/n_paths"] = len(nodes[PATH_KEY].drop_duplicates())
     for r in results["teacher_ranking"].itertuples():
-        for k in ("rank", "mean", "ci_low", "ci_high", "n_nodes", "n_nan", "gap_to_next",
-                  "gap_ci_low", "gap_ci_high", "separated"):
+        for k in ("rank", "mean", "ci_low", "ci_high", "mean_nodes", "n_nodes", "n_nan",
+                  "gap_to_next", "gap_ci_low", "gap_ci_high", "separated"):
             out[f"ranking/{method}/{r.teacher}/{k}"] = getattr(r, k)
     if len(results["teacher_ranking"]):
         out[f"ranking/{method}/first"] = results["teacher_ranking"]["teacher"].iloc[0]

@@ -113,26 +113,26 @@ def overlap_ratio(p: ArrayLike, q: ArrayLike, k: int = 16) -> np.ndarray | float
 
 
 def overlap_token_advantage(p: ArrayLike, q: ArrayLike, k: int = 16) -> np.ndarray | float:
-    """Companion paper eq 7 at one position: the mean over v in TopK(p) cap TopK(q) of
-    A(v) = p_bar(v) (log q_bar(v) - log p_bar(v)), where p_bar is p renormalised over TopK(p)
-    and q_bar is q renormalised over TopK(q) (each over its own top-k set). Negative where the
-    student over-weights shared tokens relative to the teacher; it rises toward 0 as the two
-    align. NaN when the two sets are disjoint.
+    """Companion paper eq 7 at one position: the mean over v in S = TopK(p) cap TopK(q) of
+    A(v) = p_bar(v) (log q_bar(v) - log p_bar(v)), where p_bar and q_bar are p and q both
+    renormalised over the *student's* top-k set TopK(p) (the bars of the paper's eq 5, whose
+    support is S_t = TopK(p_t, k)): p_bar = p / p(TopK(p)), q_bar = q / q(TopK(p)).
+
+    Negative where the student over-weights shared tokens relative to the teacher; it rises
+    toward 0 as the two align. NaN when the two sets are disjoint, or when the teacher's mass
+    on TopK(p) underflows to 0 (q_bar undefined).
     """
     P, Q = _pair(p, q)
     kk = _k_eff(k, P.shape[-1])
     sp, sq = _topk_V(P, kk), _topk_V(Q, kk)
-    logp_top = _log(np.take_along_axis(P, sp, -1))
-    logq_top = _log(np.take_along_axis(Q, sq, -1))
-    lse_p = np.log(np.sum(np.exp(logp_top - logp_top.max(-1, keepdims=True)), -1))
-    lse_p = lse_p + logp_top.max(-1)
-    lse_q = np.log(np.sum(np.exp(logq_top - logq_top.max(-1, keepdims=True)), -1))
-    lse_q = lse_q + logq_top.max(-1)
-    logpbar = logp_top - lse_p[..., None]  # over TopK(p), in sp order
-    logqbar = _log(np.take_along_axis(Q, sp, -1)) - lse_q[..., None]  # q_bar at TopK(p) tokens
+    p_top = np.take_along_axis(P, sp, -1)  # p and q at the student's top-k tokens, in sp order
+    q_top = np.take_along_axis(Q, sp, -1)
+    logpbar = _log(p_top) - _log(np.sum(p_top, -1))[..., None]
+    q_mass = np.sum(q_top, -1)
+    logqbar = _log(q_top) - _log(q_mass)[..., None]
     shared = np.any(sp[..., :, None] == sq[..., None, :], axis=-1)
     adv = np.where(shared, np.exp(logpbar) * (logqbar - logpbar), 0.0)
     n = np.sum(shared, axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, np.sum(adv, -1) / np.maximum(n, 1), np.nan)
+        mean = np.where((n > 0) & (q_mass > 0), np.sum(adv, -1) / np.maximum(n, 1), np.nan)
     return _out(mean)

@@ -23,9 +23,9 @@ positions); `dtype=torch.float32` or a smaller `chunk_size` lowers it.
 Features, per position, with p = student and q = teacher (nats):
 kl = KL(p||q), js = Jensen-Shannon divergence, l2 = ||p - q||_2, prob_cos = cosine of p and q,
 ent_student = H(p), ent_teacher = H(q), entropy_gap = |H(q) - H(p)|, overlap_ratio =
-|TopK(p) cap TopK(q)| / k, overlap_adv = companion-paper eq 7 (see
-`gradients.overlap_token_advantage`; NaN when the top-k sets are disjoint). Exact ties in top-k
-may be broken differently from the numpy reference.
+|TopK(p) cap TopK(q)| / k, overlap_adv = companion-paper eq 7, p and q both renormalised over
+TopK(p) (see `features.overlap_token_advantage`; NaN when the top-k sets are disjoint). Exact
+ties in top-k may be broken differently from the numpy reference.
 """
 
 from __future__ import annotations
@@ -144,11 +144,13 @@ def _features(ls: torch.Tensor, lt: torch.Tensor, k: int) -> torch.Tensor:
     ent_t = -(pt * lt).sum(-1)
     del ps, pt
     top_s, idx_s = ls.topk(k, dim=-1)
-    top_t, idx_t = lt.topk(k, dim=-1)
+    idx_t = lt.topk(k, dim=-1).indices
     shared = (idx_s[:, :, None] == idx_t[:, None, :]).any(-1)  # (c, k) over TopK(p)
     n_shared = shared.sum(-1)
+    # both renormalised over the student's top-k set (companion eq 5's bars, used in eq 7)
     logpbar = top_s - torch.logsumexp(top_s, -1, keepdim=True)
-    logqbar = lt.gather(-1, idx_s) - torch.logsumexp(top_t, -1, keepdim=True)
+    lq_s = lt.gather(-1, idx_s)
+    logqbar = lq_s - torch.logsumexp(lq_s, -1, keepdim=True)
     adv = torch.where(shared, logpbar.exp() * (logqbar - logpbar), torch.zeros_like(logpbar))
     nan = torch.full_like(kl, float("nan"))
     overlap_adv = torch.where(n_shared > 0, adv.sum(-1) / n_shared.clamp(min=1), nan)

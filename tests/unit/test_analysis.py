@@ -91,6 +91,46 @@ def test_teacher_ranking_means_order_nan_count_and_paired_gap():
     assert math.isnan(r.loc[1, "gap_to_next"])
 
 
+def test_teacher_ranking_weighs_each_question_once_and_reports_the_pooled_mean():
+    # q0 has one decision point, q1 three (on two paths). Teacher "b" has a node on only one
+    # of q1's paths: a question's value is the mean over the teacher's nodes in it, whatever
+    # paths they are on; then each question counts once.
+    rows = [node(qid="q0", teacher="a", align=0.9), node(qid="q0", teacher="b", align=0.8),
+            node(qid="q1", path_id=0, depth=0, teacher="a", align=-0.1),
+            node(qid="q1", path_id=0, depth=1, teacher="a", align=0.2),
+            node(qid="q1", path_id=1, depth=0, teacher="a", align=0.5),
+            node(qid="q1", path_id=1, depth=0, teacher="b", align=0.1)]
+    r = A.teacher_ranking(frame(rows), n_boot=2000, seed=0).set_index("teacher")
+    # a: questions (0.9 + (-0.1 + 0.2 + 0.5) / 3) / 2 = 0.55; nodes (0.9 - 0.1 + 0.2 + 0.5) / 4
+    assert r.loc["a", "mean"] == pytest.approx(0.55, abs=1e-12)
+    assert r.loc["a", "mean_nodes"] == pytest.approx(0.375, abs=1e-12)
+    assert r.loc["b", "mean"] == pytest.approx(0.45, abs=1e-12)
+    assert r.loc["b", "mean_nodes"] == pytest.approx(0.45, abs=1e-12)
+    assert list(r.index) == ["a", "b"]  # node-pooled, b (0.45) would lead a (0.375)
+    assert list(r["n_nodes"]) == [4, 2] and list(r["n_questions"]) == [2, 2]
+    # The bootstrap is of the same statistic: resamples {q0,q0}, {q0,q1}, {q1,q1} give a
+    # 0.9, 0.55, 0.2 (node-pooled it would be 0.9, 0.375, 0.2), and b is 0.1 below a in every
+    # question, so the paired gap is 0.1 in every resample (node-pooled: 0.1 or -0.075).
+    assert (r.loc["a", "ci_low"], r.loc["a", "ci_high"]) == pytest.approx((0.2, 0.9))
+    assert r.loc["a", "gap_to_next"] == pytest.approx(0.1, abs=1e-12)
+    assert r.loc["a", "gap_ci_low"] == pytest.approx(0.1, abs=1e-12)
+    assert r.loc["a", "gap_ci_high"] == pytest.approx(0.1, abs=1e-12)
+    assert bool(r.loc["a", "separated"]) is True
+    s = A.summarize(frame(rows), A.analyze(frame(rows), n_boot=50, n_perm=10))
+    assert s["ranking/gkd/a/mean"] == pytest.approx(0.55)
+    assert s["ranking/gkd/a/mean_nodes"] == pytest.approx(0.375)
+
+
+def test_teacher_ranking_teacher_without_a_defined_alignment():
+    df = frame([node(qid="q0", teacher="a", align=0.3), node(qid="q1", teacher="a", align=0.1),
+                node(qid="q0", teacher="z", align=math.nan)])
+    r = A.teacher_ranking(df, n_boot=100).set_index("teacher")
+    assert list(r.index) == ["a", "z"]
+    assert r.loc["a", "mean"] == pytest.approx(0.2)
+    assert r.loc["z", ["mean", "mean_nodes", "ci_low"]].isna().all()
+    assert r.loc["z", "n_nodes"] == 0 and r.loc["z", "n_nan"] == 1
+
+
 def test_teacher_ranking_single_question_has_no_ci():
     df = frame([node(teacher="a", align=0.3), node(teacher="b", align=0.1)])
     r = A.teacher_ranking(df, n_boot=100)

@@ -6,6 +6,8 @@ direction on the student's logits, and GKD descends KL(student || teacher).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -400,7 +402,7 @@ def test_overlap_features_closed_forms():
     q = np.array([0.1, 0.5, 0.3, 0.1])
     # TopK2(p) = {0, 1}, TopK2(q) = {1, 2}: one shared token (1).
     assert G.overlap_ratio(p, q, k=2) == 0.5
-    p_bar, q_bar = 0.3 / 0.7, 0.5 / 0.8
+    p_bar, q_bar = 0.3 / 0.7, 0.5 / 0.6  # both renormalised over TopK2(p) = {0, 1}
     assert G.overlap_token_advantage(p, q, k=2) == pytest.approx(
         p_bar * (np.log(q_bar) - np.log(p_bar)), rel=1e-12
     )
@@ -415,6 +417,32 @@ def test_overlap_features_closed_forms():
     # Identical distributions: full overlap, zero advantage.
     assert G.overlap_ratio(p, p, k=3) == 1.0
     assert G.overlap_token_advantage(p, p, k=3) == 0.0
+
+
+# Companion paper eq 7 (and eq 5's bars) by hand, with TopK(p) != TopK(q) and q(TopK(p)) !=
+# q(TopK(q)) so that renormalising the teacher over the wrong set shows.
+OVERLAP_P = np.array([0.40, 0.25, 0.20, 0.10, 0.05])  # TopK3(p) = {0, 1, 2}, mass 0.85
+OVERLAP_Q = np.array([0.10, 0.30, 0.35, 0.20, 0.05])  # TopK3(q) = {1, 2, 3}; q({0,1,2}) = 0.75
+
+
+def overlap_adv_by_hand() -> float:
+    """Shared tokens {1, 2}; p_bar = p / 0.85 and q_bar = q / 0.75 over TopK3(p)."""
+    a1 = (0.25 / 0.85) * math.log((0.30 / 0.75) / (0.25 / 0.85))
+    a2 = (0.20 / 0.85) * math.log((0.35 / 0.75) / (0.20 / 0.85))
+    return (a1 + a2) / 2  # = 0.12578...; with q renormalised over TopK3(q) it is 0.09265...
+
+
+def test_overlap_token_advantage_renormalises_both_over_the_students_top_k():
+    assert G.overlap_ratio(OVERLAP_P, OVERLAP_Q, k=3) == pytest.approx(2 / 3)
+    got = G.overlap_token_advantage(OVERLAP_P, OVERLAP_Q, k=3)
+    assert got == pytest.approx(overlap_adv_by_hand(), rel=1e-12)
+    assert got == pytest.approx(0.125781, abs=1e-6)
+    # the teacher's mass on the student's top-k underflows to 0: q_bar is undefined
+    # (TopK3(q) = {3, 4} plus token 0 by the lowest-index tie rule, so token 0 is shared)
+    p0 = np.array([0.5, 0.3, 0.2, 0.0, 0.0])
+    q0 = np.array([0.0, 0.0, 0.0, 0.5, 0.5])
+    assert G.overlap_ratio(p0, q0, k=3) == pytest.approx(1 / 3)
+    assert np.isnan(G.overlap_token_advantage(p0, q0, k=3))
 
 
 def test_features_broadcast_over_positions():

@@ -50,6 +50,8 @@ def test_summary_is_flat_and_matches_tables(report, run_dir):
     assert summary["ranking/gkd/first"] == "self-1c"
     ranking = pd.read_csv(run_dir / "report" / "tables" / "teacher_ranking.csv")
     assert summary["ranking/gkd/self-1c/mean"] == pytest.approx(ranking.loc[0, "mean"])
+    assert summary["ranking/gkd/self-1c/mean_nodes"] == pytest.approx(
+        ranking.loc[0, "mean_nodes"])
     assert summary["align/gkd/n_nan"] == 1  # the synthetic run's one undefined cosine
     assert summary["report/seed"] == 0
 
@@ -153,7 +155,8 @@ def test_findings_are_honest_when_inconclusive():
     ok = correct_incorrect_finding(_cvi_row(p_perm=0.001, p_perm_min=0.0001), "gkd")
     assert ok.status == "conclusive" and ok.text.startswith("Incorrect paths align more")
     rk = pd.DataFrame([
-        {"teacher": "a", "mean": 0.05, "ci_low": 0.0, "ci_high": 0.1, "n_nodes": 50,
+        {"teacher": "a", "mean": 0.05, "mean_nodes": 0.02, "ci_low": 0.0, "ci_high": 0.1,
+         "n_nodes": 50,
          "n_questions": 5, "gap_to_next": 0.01, "gap_ci_low": -0.02, "gap_ci_high": 0.04,
          "separated": False},
         {"teacher": "b", "mean": 0.04, "ci_low": 0.0, "ci_high": 0.1, "n_nodes": 50,
@@ -161,6 +164,9 @@ def test_findings_are_honest_when_inconclusive():
          "gap_ci_high": math.nan, "separated": False}])
     f = ranking_finding(rk, "gkd")
     assert f.status == "inconclusive" and "do not separate" in f.text
+    # the headline says which mean it is, and gives the node-pooled one beside it
+    assert "question-weighted mean gkd alignment (each question counts once): +0.050" in f.text
+    assert "pooled over decision points instead: +0.020" in f.text
 
 
 # ---------------------------------------------------------------------------------------------

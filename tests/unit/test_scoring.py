@@ -93,6 +93,21 @@ def test_features_equal_the_numpy_reference(world):
     assert student.contexts == [[1, 2, 3]] and teacher.contexts == [[9, 8, 7, 6]]
 
 
+def test_overlap_adv_on_the_device_by_hand():
+    """Companion eq 7 on the device path, the case of test_gradients' overlap_adv_by_hand:
+    TopK3(p) = {0, 1, 2} (mass 0.85), TopK3(q) = {1, 2, 3}, shared {1, 2}; p and q both
+    renormalised over TopK3(p), so q_bar = q / 0.75 (not q / q(TopK3(q)) = q / 0.85)."""
+    p = np.array([0.40, 0.25, 0.20, 0.10, 0.05])
+    q = np.array([0.10, 0.30, 0.35, 0.20, 0.05])
+    a1 = (0.25 / 0.85) * np.log((0.30 / 0.75) / (0.25 / 0.85))
+    a2 = (0.20 / 0.85) * np.log((0.35 / 0.75) / (0.20 / 0.85))
+    student = FakeModel(np.log(p)[None, :], "student")
+    teacher = FakeModel(np.log(q)[None, :], "teacher")
+    f = score_path(student, [1], teacher, [2], [0], topk=3).features
+    assert f["overlap_ratio"][0] == pytest.approx(2 / 3)
+    assert f["overlap_adv"][0] == pytest.approx((a1 + a2) / 2, rel=1e-6)
+
+
 def test_taken_token_logprobs(world):
     student, teacher, response = world
     scores = run(world, chunk_size=8)

@@ -37,11 +37,16 @@ C = H.Col
 TABLES: dict[str, tuple[str, str, list]] = {
     "teacher_ranking": (
         "Table 1 · Teacher ranking",
-        "<b>Mean alignment per teacher</b> over decision points, 95% CI from a question-clustered "
-        "bootstrap (questions resampled, not nodes). <i>Gap</i>: to the next-ranked teacher, "
-        "with a paired bootstrap CI; <i>separated</i> when it excludes 0.",
-        [C("rank", "#", "d"), C("teacher", "Teacher", "s"), C("mean", "Mean align", "+3"),
-         C("ci_low|ci_high", "95% CI", "+3"), C("n_nodes", "Nodes", "d"),
+        "<b>Mean alignment per teacher, each question counting once</b> (per question the mean "
+        "over its decision points, then the mean over questions): the ranking statistic, 95% "
+        "CI from a question-clustered bootstrap of that same mean (questions resampled, not "
+        "nodes). <i>Pooled</i>: the plain mean over decision points, in which a question with "
+        "more of them weighs more; shown for comparison, not ranked on. <i>Gap</i>: in the "
+        "question-weighted mean to the next-ranked teacher, with a paired bootstrap CI; "
+        "<i>separated</i> when it excludes 0.",
+        [C("rank", "#", "d"), C("teacher", "Teacher", "s"),
+         C("mean", "Mean align (per question)", "+3"), C("ci_low|ci_high", "95% CI", "+3"),
+         C("mean_nodes", "Mean align (nodes pooled)", "+3"), C("n_nodes", "Nodes", "d"),
          C("n_nan", "NaN dropped", "d"), C("n_questions", "Questions", "d"),
          C("gap_to_next", "Gap to next", "+3"), C("gap_ci_low|gap_ci_high", "Gap CI", "+3"),
          C("separated", "Separated", "b")],
@@ -71,9 +76,12 @@ TABLES: dict[str, tuple[str, str, list]] = {
     "teacher_metrics": (
         "Table 3 · Alternative ranking metrics",
         "<b>Fraction positive</b>: share of decision points with align &gt; 0. <b>Weighted "
-        "cosine</b>: Σ SR·align / Σ SR. <b>Mean signal</b>: mean of SR range × align.",
+        "cosine</b>: Σ SR·align / Σ SR. <b>Mean signal</b>: mean of SR range × align. All "
+        "four pool decision points (a question with more of them weighs more), unlike table "
+        "1's question-weighted mean.",
         [C("teacher", "Teacher", "s"), C("n_nodes", "Nodes", "d"),
-         C("mean_cosine", "Mean cosine", "+3"), C("frac_positive", "Frac. positive", "3"),
+         C("mean_cosine", "Mean cosine (nodes pooled)", "+3"),
+         C("frac_positive", "Frac. positive", "3"),
          C("weighted_cosine", "Weighted cosine (SR)", "+3"),
          C("mean_signal", "Mean signal", "+4")],
     ),
@@ -262,7 +270,8 @@ def write_report(
     figs = {
         "teacher_ranking": (plots.ranking_plot(ranking, method),
                             "<b>Figure 1.</b> Teacher ranking (cf. paper figure 4): mean "
-                            "alignment with 95% question-clustered bootstrap CIs."),
+                            "alignment, each question counting once, with 95% "
+                            "question-clustered bootstrap CIs."),
         "correct_vs_incorrect": (plots.correct_incorrect_plot(
             nodes, results["correct_vs_incorrect"], method),
             "<b>Figure 2.</b> Correct vs incorrect paths (cf. figure 3). Left: distribution of "

@@ -48,9 +48,12 @@ def ranking_finding(ranking: pd.DataFrame, method: str) -> Finding:
         return Finding(title, f"No teacher has a scored decision point for {method}.",
                        "inconclusive")
     top = ranking.iloc[0]
-    head = (f"{top.teacher} ranks first by mean {method} alignment: {fnum(top['mean'])} "
-            f"(95% CI {_ci(top.ci_low, top.ci_high)}, {top.n_nodes} decision points in "
-            f"{top.n_questions} questions).")
+    pooled = top.get("mean_nodes", math.nan)
+    head = (f"{top.teacher} ranks first by question-weighted mean {method} alignment (each "
+            f"question counts once): {fnum(top['mean'])} (95% CI "
+            f"{_ci(top.ci_low, top.ci_high)}, {top.n_nodes} decision points in "
+            f"{top.n_questions} questions; pooled over decision points instead: "
+            f"{fnum(pooled)}).")
     if len(ranking) == 1:
         return Finding(title, head + " It is the only teacher scored, so there is no ranking.",
                        "note")

@@ -70,7 +70,8 @@ def _style(ax) -> None:
 
 @_with_rc
 def ranking_plot(ranking: pd.DataFrame, method: str = "gkd") -> bytes:
-    """Teachers by mean alignment, 95% question-clustered bootstrap CI as error bars."""
+    """Teachers by question-weighted mean alignment (`mean`), 95% question-clustered bootstrap
+    CI as error bars."""
     n = len(ranking)
     fig = _figure(6.0, 1.2 + 0.38 * max(n, 1))
     if n == 0:
@@ -92,7 +93,8 @@ def ranking_plot(ranking: pd.DataFrame, method: str = "gkd") -> bytes:
                     ha="left", fontsize=8, color=NEUTRAL, style="italic")
     ax.set_xlim(-1.08, 1.08)
     ax.set_ylim(-0.6, n - 0.4)  # every row on the canvas, even one without a point
-    ax.set_xlabel(f"mean alignment cos(ideal, {method})  ·  95% CI, questions resampled")
+    ax.set_xlabel(f"mean alignment cos(ideal, {method}), each question once  ·  95% CI, "
+                  "questions resampled")
     ax.set_title("Teacher ranking by gradient alignment", loc="left")
     _style(ax)
     ax.grid(False, axis="y")

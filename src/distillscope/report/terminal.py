@@ -61,7 +61,7 @@ def ranking_table(rank: pd.DataFrame, method: str, width: int) -> Table:
     others = _width([c for c in cols if c != "teacher"], widths) + 3
     teacher_w = max(min(widths["teacher"], width - others), min(TEACHER_MIN, widths["teacher"]))
     title = (f"Teacher ranking: mean {method.upper()} alignment with the ideal gradient\n"
-             "(95% CI: bootstrap over questions)")
+             "(each question counts once; 95% CI: bootstrap over questions)")
     table = Table(title=title)
     for h, justify in COLUMNS:
         if h not in cols:
