@@ -94,20 +94,24 @@ def teacher_ranking(
     CIs: question-clustered bootstrap of `mean` itself (each resample recomputes the
     question-weighted mean over the drawn questions). All teachers share the same resampled
     questions, so the gap to the next-ranked teacher gets a paired CI (`gap_ci_*`);
-    `separated` says whether that CI excludes 0. Row order = rank."""
+    `separated` says whether that CI excludes 0. The gap is paired on the questions both
+    teachers scored (`gap_questions`; a self-* teacher may lack its demonstrations on some):
+    the mean over those questions of the difference of the two question means. Row order =
+    rank."""
     df, _ = decision_points(nodes, method)
     nan_by_t = (
         nodes[(nodes["method"] == method) & nodes["align"].isna()].groupby("teacher").size()
     )
     teachers = sorted(set(nodes.loc[nodes["method"] == method, "teacher"]))
     cols = ["rank", "teacher", "mean", "ci_low", "ci_high", "ci_half", "mean_nodes", "n_nodes",
-            "n_nan", "n_questions", "gap_to_next", "gap_ci_low", "gap_ci_high", "separated"]
+            "n_nan", "n_questions", "gap_to_next", "gap_ci_low", "gap_ci_high", "gap_questions",
+            "separated"]
     if not teachers:
         return pd.DataFrame(columns=cols)
     qids = sorted(set(df["qid"]))
     q_index = {q: i for i, q in enumerate(qids)}
     w_B_Q = boot_weights(len(qids), n_boot, np.random.default_rng(seed))
-    rows, boots = [], {}
+    rows, per_q = [], {}
     for t in teachers:
         d = df[df["teacher"] == t]
         codes = d["qid"].map(q_index).to_numpy(dtype=int)
@@ -117,7 +121,7 @@ def teacher_ranking(
         m_Q = np.divide(s_Q, n_Q, out=np.zeros(len(qids)), where=n_Q > 0)
         boot = ratio_boot(w_B_Q, m_Q, has_Q) if len(qids) >= 2 else np.full(n_boot, np.nan)
         lo, hi = percentile_ci(boot, level)
-        boots[t] = boot
+        per_q[t] = (m_Q, has_Q)
         mean = float(m_Q[n_Q > 0].mean()) if len(d) else math.nan
         rows.append({"teacher": t, "mean": mean, "ci_low": lo, "ci_high": hi,
                      "ci_half": (hi - lo) / 2,
@@ -128,15 +132,20 @@ def teacher_ranking(
     out = out.sort_values(["mean", "teacher"], ascending=[False, True], na_position="last")
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     order = list(out["teacher"])
-    gaps, glo, ghi = [], [], []
+    gaps, glo, ghi, n_gap = [], [], [], []
     for a, b in zip(order, order[1:] + [None], strict=True):
-        if b is None:
+        both = per_q[a][1] * per_q[b][1] if b is not None else np.zeros(len(qids))
+        if not both.any():
             gaps.append(math.nan), glo.append(math.nan), ghi.append(math.nan)
+            n_gap.append(int(both.sum()))
             continue
-        ma, mb = out.set_index("teacher").loc[[a, b], "mean"]
-        lo, hi = percentile_ci(boots[a] - boots[b], level)
-        gaps.append(float(ma - mb)), glo.append(lo), ghi.append(hi)
+        diff_Q = (per_q[a][0] - per_q[b][0]) * both
+        boot = ratio_boot(w_B_Q, diff_Q, both) if len(qids) >= 2 else np.full(n_boot, np.nan)
+        lo, hi = percentile_ci(boot, level)
+        gaps.append(float(diff_Q.sum() / both.sum())), glo.append(lo), ghi.append(hi)
+        n_gap.append(int(both.sum()))
     out["gap_to_next"], out["gap_ci_low"], out["gap_ci_high"] = gaps, glo, ghi
+    out["gap_questions"] = n_gap
     # a bound within rounding of zero (ties at most nodes) does not exclude zero
     eps = 1e-9
     out["separated"] = (out["gap_ci_low"] > eps) | (out["gap_ci_high"] < -eps)

@@ -121,6 +121,20 @@ def test_teacher_ranking_weighs_each_question_once_and_reports_the_pooled_mean()
     assert s["ranking/gkd/a/mean_nodes"] == pytest.approx(0.375)
 
 
+def test_teacher_gap_is_paired_on_the_questions_both_scored():
+    # b has no context on q1 (a self-* teacher without its demos there): the gap compares the
+    # two on q0 only, 0.5 - 0.2 = 0.3, not mean(a) - mean(b) = 0.7 - 0.2 = 0.5
+    rows = [node(qid="q0", teacher="a", align=0.5), node(qid="q0", teacher="b", align=0.2),
+            node(qid="q1", teacher="a", align=0.9), node(qid="q2", teacher="a", align=0.7),
+            node(qid="q2", teacher="b", align=0.4)]
+    r = A.teacher_ranking(frame(rows), n_boot=500, seed=0).set_index("teacher")
+    assert r.loc["a", "mean"] == pytest.approx(0.7) and r.loc["b", "mean"] == pytest.approx(0.3)
+    assert r.loc["a", "gap_to_next"] == pytest.approx(0.3, abs=1e-12)
+    assert r.loc["a", "gap_questions"] == 2
+    assert (r.loc["a", "gap_ci_low"], r.loc["a", "gap_ci_high"]) == pytest.approx((0.3, 0.3))
+    assert math.isnan(r.loc["b", "gap_to_next"]) and r.loc["b", "gap_questions"] == 0
+
+
 def test_teacher_ranking_teacher_without_a_defined_alignment():
     df = frame([node(qid="q0", teacher="a", align=0.3), node(qid="q1", teacher="a", align=0.1),
                 node(qid="q0", teacher="z", align=math.nan)])
