@@ -354,7 +354,7 @@ def enrich_added_teacher(rt: Runtime, name: str) -> list[str]:
                 ro = rt.store.read("rollouts", unit_prefix=f"{key}/")
                 children = _children_frames(rt, q, paths, _build_trees(rt, paths, ro))
                 dist = student_distributions(rt, q, paths, children)
-                rt.store.uncommit(f"{key}/c-score-")
+                rt.store.uncommit(f"{key}/c-")  # every teacher's scores and the RL baseline
                 rt.store.uncommit(done)
                 rt.store.commit(done, {"questions": [qrow], "paths": paths,
                                        "children": children, "distributions": dist})

@@ -89,7 +89,7 @@ def test_decision_points_respect_n_sig_and_are_scored(real_run):
     got = set(zip(nodes.qid, nodes.path_id, nodes.depth, strict=True))
     assert got == set(zip(dp.qid, dp.path_id, dp.depth, strict=True))
     if len(nodes):
-        assert set(nodes.teacher) <= {"self-1c", "careful"}
+        assert set(nodes.teacher) <= {"self-1c", "careful", ""}  # "": Dr. GRPO
         a = nodes["align"].dropna()
         assert ((a >= -1 - 1e-9) & (a <= 1 + 1e-9)).all()
         dist = real_run.read("distributions")

@@ -45,7 +45,12 @@ def test_tables_carry_exact_values(toy_runs):
     assert len(children) and children.p_exact.notna().all()
     assert len(nodes) and nodes["align_exact"].notna().any()
     assert set(nodes.method) == {"gkd", "sampled", "minillm", "drgrpo"}
-    assert set(nodes.teacher) == {"helpful", "harmful", "irrelevant", "self-1c"}
+    assert set(nodes.teacher) == {"helpful", "harmful", "irrelevant", "self-1c", ""}
+    # Dr. GRPO does not depend on the teacher: one row per node, teacher ""
+    rl = nodes[nodes.method == "drgrpo"]
+    assert set(rl.teacher) == {""} and not rl.duplicated(["qid", "path_id", "depth"]).any()
+    assert set(nodes[nodes.teacher == ""].method) == {"drgrpo"}
+    assert len(rl) == len(nodes[(nodes.method == "gkd") & (nodes.teacher == "helpful")])
 
 
 def test_unbiased_agrees_with_exact_and_paper_is_biased(toy_runs):
@@ -132,9 +137,9 @@ def test_rerun_is_a_no_op_and_score_adds_a_teacher(tmp_path):
     after = RunStore(out)
     pd.testing.assert_frame_equal(after.read("rollouts"), ro)
     nodes = after.read("nodes")
-    assert set(nodes.teacher) == {"helpful", "demo"}
+    assert set(nodes.teacher) == {"helpful", "demo", ""}  # "": Dr. GRPO, teacher-free
     pd.testing.assert_frame_equal(
-        nodes[nodes.teacher == "helpful"].reset_index(drop=True), before)
+        nodes[nodes.teacher != "demo"].reset_index(drop=True), before)
     assert [t.name for t in after.load_config().teachers] == ["helpful", "demo"]
 
 
@@ -196,10 +201,10 @@ def test_a_teacher_without_demonstrations_excludes_or_is_skipped(policy, tmp_pat
             else:
                 assert r.note.startswith("excluded: no correct demonstration from source")
         assert has_correct & set(q.qid), "the test needs a question with a correct demo"
-        assert set(nodes.teacher) == {"helpful"} and set(nodes.qid) <= has_correct
+        assert set(nodes.teacher) - {""} == {"helpful"} and set(nodes.qid) <= has_correct
     else:
         assert len(scored) == 2 and scored.note.str.contains("not scored for self-3c").all()
-        assert len(nodes) and set(nodes.teacher) == {"helpful"}
+        assert len(nodes) and set(nodes.teacher) - {""} == {"helpful"}
     prov = store.read_json("provenance.json")
     assert set(prov["unavailable_demos"]) == set(q.qid)
 

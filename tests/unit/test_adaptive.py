@@ -184,7 +184,7 @@ def test_adaptive_run_tables_are_consistent_and_resume(runs, tmp_path):
     dp = decision_points(children, cfg.tree.n_sig)
     assert set(zip(nodes.qid, nodes.path_id, nodes.depth, strict=True)) == set(
         zip(dp.qid, dp.path_id, dp.depth, strict=True))
-    assert set(nodes.teacher) == set(TEACHERS)
+    assert set(nodes.teacher) - {""} == set(TEACHERS)  # "": the Dr. GRPO rows
     # kill the last question in the middle of its targeted rollouts, then resume
     d = tmp_path / "run"
     shutil.copytree(store.dir, d)
@@ -211,12 +211,14 @@ def _rmse(store: RunStore) -> tuple[float, set]:
 
 
 def test_adaptive_beats_fixed_on_error_and_rollouts(runs):
-    """Seed 0, 3 worlds: fixed (n_min = 100) has gkd-alignment RMSE 0.066 with ~11.5k
-    targeted rollouts; adaptive reaches RMSE <= 0.05 with under half of them (3.2k)."""
+    """Seed 0, 3 worlds, each teacher's own top tokens enriched (appendix D): fixed (n_min =
+    100) has gkd-alignment RMSE 0.45 with ~16.4k targeted rollouts (6 sign flips at near-tie
+    two-child nodes, the root among them, counted once per path); adaptive 0.25 with 7.1k.
+    (Before the per-teacher selection, 0.066 with 11.5k against 0.05 with 3.2k.)"""
     rmse_f, nodes_f = _rmse(runs["fixed"])
     rmse_a, nodes_a = _rmse(runs["adaptive"])
     spent = {b: runs[b].read_json("provenance.json")["rollouts/targeted"] for b in runs}
-    assert rmse_a <= 0.05 < rmse_f
+    assert rmse_a < 0.75 * rmse_f
     assert spent["adaptive"] < 0.5 * spent["fixed"]
     # like with like: a comparable set of decision points, not a smaller, easier one
     assert len(nodes_a) >= 0.8 * len(nodes_f)

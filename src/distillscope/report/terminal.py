@@ -38,7 +38,9 @@ def _cells(r) -> dict[str, str]:
         beats = "–"  # last place, or no next teacher with a defined mean
     ci = ("n/a" if not math.isfinite(float(r.ci_low))
           else f"[{fmt(r.ci_low)}, {fmt(r.ci_high)}]")
-    return {"#": str(r.rank), "teacher": str(r.teacher), "mean": fmt(r.mean), "95% CI": ci,
+    # a teacher-free row (Dr. GRPO, teacher "": NaN once read back from CSV)
+    name = "(no teacher)" if not isinstance(r.teacher, str) or not r.teacher else r.teacher
+    return {"#": str(r.rank), "teacher": name, "mean": fmt(r.mean), "95% CI": ci,
             "beats next?": beats, "questions": str(r.n_questions), "nodes": str(r.n_nodes),
             "undefined": str(r.n_nan)}
 
