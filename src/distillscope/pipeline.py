@@ -53,6 +53,7 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
         config_run = config
     rt = load_runtime(config_run, store, reporter, models)
     store.provenance_meta = {"distillscope.config_fingerprint": config.fingerprint()}
+    _check_questions(rt)
     if config.screen.select:
         _select_by_screening(rt, models)
     if no_new_rollouts:
@@ -72,6 +73,34 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
     _record_provenance(rt, score, borrowed=teachers_only if no_new_rollouts else None,
                        own=enrich, grown=len(grown))
     return rt
+
+
+def questions_digest(rt: Runtime) -> str:
+    """A hash of the questions as loaded (ids, prompts as shown, gold answers, verifier
+    options): an edited task file or dataset changes it."""
+    import hashlib
+    import json
+
+    items = [[q.qid, rt.task.user_message(q), q.answer, q.meta] for q in rt.questions]
+    blob = json.dumps(items, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_questions(rt: Runtime) -> None:
+    """The stored work was made from these very questions, or the run is refused: a gold
+    answer edited since would otherwise reuse rewards graded against the old one."""
+    digest = questions_digest(rt)
+    prov = rt.store.read_json("provenance.json")
+    if prov.get("questions_digest") not in (None, digest) and rt.store.has_work():
+        raise StoreError(
+            f"{rt.store.dir}: the questions of task '{rt.config.task.name}' changed since this "
+            f"run was made (digest {prov['questions_digest']} -> {digest}: an edited task "
+            f"file, answer or dataset version); its rollouts were graded against the old ones. "
+            f"Use a new --out"
+        )
+    if prov.get("questions_digest") != digest:
+        prov["questions_digest"] = digest
+        rt.store.write_json("provenance.json", prov)
 
 
 def _select_by_screening(rt: Runtime, models: dict[str, LanguageModel] | None) -> None:
