@@ -291,7 +291,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason})"
+                          ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
     if data is None:
         raise ConfigError(f"{path}: the configuration file is empty (see configs/ for presets)")
     for key, value in (overrides or {}).items():

@@ -235,6 +235,9 @@ def _wrap_os_error(err: OSError, run_dir: Path) -> StoreError:
     if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return StoreError(f"cannot write to the run directory {run_dir} ({err.strerror}); "
                           f"choose a writable --out")
+    if err.errno == errno.ENOTDIR:
+        return StoreError(f"cannot use {run_dir}: a part of that path is a file, not a "
+                          "directory; choose another --out")
     return StoreError(f"I/O error in {run_dir}: {err}")
 
 
@@ -403,15 +406,18 @@ class RunStore:
                     # else: a marker of an older version (empty): its parts are not verifiable
                     done.add(unit)
             self._seq = max(seqs.values(), default=0)
-            # a unit computed after a damaged one of its group was computed from it
+            # a unit computed after a damaged one of its group was computed from it; when the
+            # damaged unit's place in that order is unknown (its marker is unreadable, or the
+            # other unit's marker predates sequence numbers), every unit of the group is suspect
             for bad in sorted(self.damaged):
                 s0 = seqs.get(bad)
                 for unit in sorted(done):
-                    if (_group(unit) == _group(bad) and unit in seqs and s0 is not None
-                            and seqs[unit] > s0):
+                    if _group(unit) == _group(bad) and (
+                            s0 is None or unit not in seqs or seqs[unit] > s0):
                         done.discard(unit)
                         self.damaged.setdefault(unit, f"it was computed after '{bad}', which "
-                                                      "is damaged")
+                                                      "is damaged" if s0 is not None else
+                                                      f"it belongs with '{bad}', which is damaged")
             self._done = done
         return self._done
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import math
 import os
@@ -261,7 +262,13 @@ def write_report(
 
     All or nothing: the files are written into a temporary folder beside `out_dir`, which
     replaces `out_dir` once complete. Disk full or a read-only folder: StoreError."""
-    from distillscope.store import RunStore, _wrap_os_error, acquire_lock, release_lock
+    from distillscope.store import (
+        RunStore,
+        StoreError,
+        _wrap_os_error,
+        acquire_lock,
+        release_lock,
+    )
 
     run = load_run(run_dir, REPORT_TABLES)
     run.truncated = truncated_rollouts(RunStore(run.run_dir))
@@ -280,6 +287,10 @@ def write_report(
             _build(run, out, seed, method, n_boot, n_perm, max_depth_paths)
             _swap_in(out, final)
         except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise StoreError(f"disk full while writing the report {final}; the previous "
+                                 "report (if any) is unchanged: free space and run 'distillscope "
+                                 "report' again") from None
             raise _wrap_os_error(err, final.parent) from None
         finally:
             if out.exists():
