@@ -190,6 +190,17 @@ def test_a_deleted_or_modified_part_is_noticed(tmp_path):
     assert store.is_done("q00000/a-init")
 
 
+def test_an_unreadable_marker_uncommits_its_whole_question(tmp_path):
+    # its place in the commit order is unknown, so every unit of its question is suspect
+    # (keeping the later ones made resume skip the unit and drop its rows)
+    _three_units(tmp_path)
+    (tmp_path / "units" / "q00000__a-init.done").write_text("{broken")
+    store = RunStore(tmp_path)
+    assert not store.is_done("q00000/a-init") and not store.is_done("q00000/b-tgt00000")
+    assert store.is_done("q00001/a-init")
+    assert "unreadable" in "\n".join(store.damage_report())
+
+
 def test_report_refuses_a_damaged_run_naming_the_unit(tmp_path):
     run = make_synthetic_run(tmp_path / "run")
     store = RunStore(run)
