@@ -73,7 +73,7 @@ def test_read_only_directory_gives_clear_error(tmp_path):
         # root ignores permission bits; emulate with a path under a regular file instead
         blocker = tmp_path / "file"
         blocker.write_text("x")
-        with pytest.raises(StoreError, match="cannot write|I/O error"):
+        with pytest.raises(StoreError, match="cannot write|I/O error|part of that path is a file"):
             RunStore(blocker / "run").open_for(parse_config({}))
         return
     ro = tmp_path / "ro"
