@@ -16,6 +16,7 @@ what it did: a resumed run says what it reused, and the files it wrote are named
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from pathlib import Path
@@ -56,9 +57,36 @@ def _fail(err: BaseException) -> None:
     # str(KeyError('x')) is "'x'": show the message itself
     from rich.text import Text
 
+    from distillscope.report.data import visible
+
     msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-    console.print(Text.assemble(("error: ", "bold red"), str(msg)))  # never parsed as markup
+    text = " ".join(visible(str(msg)).split("\n"))  # one line, control characters visible
+    # never parsed as markup; soft_wrap: one line however narrow the terminal or log
+    console.print(Text.assemble(("error: ", "bold red"), text), soft_wrap=True)
     raise typer.Exit(2)
+
+
+INTERRUPTED = ("interrupted: committed work is kept; rerun the same command to resume "
+               "(the previous report, if any, is unchanged)")
+
+
+def _command(fn):
+    """A CLI command: a user error is one line and exit 2; Ctrl-C says how to resume (130).
+
+    typer turns a KeyboardInterrupt that leaves the command into a bare exit before `main`
+    could print anything, so it is handled here, inside the command."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            console.print(INTERRUPTED, style="yellow", markup=False, highlight=False)
+            raise typer.Exit(130) from None
+        except _errors() as err:
+            _fail(err)
+
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------------
@@ -71,12 +99,27 @@ def _overrides(items: list[str]) -> dict[str, object]:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE (dotted key), got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        if not k.strip():
+            raise ConfigError(f"--set {item!r}: the key before '=' is empty; give a dotted "
+                              "field name, e.g. --set tree.G=50")
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({first}); quote a "
+                              "string, e.g. --set 'name=\"[1\"'") from None
     return out
 
 
 def _load(config: Path, items: list[str]) -> RunConfig:
     return load_config(config, _overrides(items))
+
+
+def _path(value: str, what: str) -> Path:
+    """A path option or argument; an empty one is an error (Path('') would be the CWD)."""
+    if not str(value).strip():
+        raise ConfigError(f"{what} is empty: give a directory")
+    return Path(value)
 
 
 def _check_out(out: Path) -> None:
@@ -85,9 +128,12 @@ def _check_out(out: Path) -> None:
                           "resume)")
 
 
-def _check_run_dir(run_dir: Path) -> None:
+def _check_run_dir(run_dir: Path | str) -> Path:
     from distillscope.store import StoreError
 
+    if not str(run_dir).strip():
+        raise ConfigError("RUN_DIR is empty: give a run directory")
+    run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     if not run_dir.is_dir():
@@ -95,6 +141,7 @@ def _check_run_dir(run_dir: Path) -> None:
     if not (run_dir / "config.yaml").is_file():
         raise StoreError(f"{run_dir} is not a distillscope run (no config.yaml); make one with "
                          f"'distillscope run CONFIG --out {run_dir}'")
+    return run_dir
 
 
 def _teacher_spec(teacher: str, mode: str, model: Optional[str], backend: str) -> TeacherSpec:
@@ -118,6 +165,8 @@ def _teacher_spec(teacher: str, mode: str, model: Optional[str], backend: str) -
 def _threads(n: Optional[int]) -> None:
     """CPU threads for torch: on a machine shared with other jobs, 1 is often much faster
     (OpenMP threads spin while waiting for a core)."""
+    if n is not None and n < 1:
+        raise ConfigError(f"--threads must be a positive number of threads, got {n}")
     if n:
         import torch
 
@@ -216,22 +265,86 @@ def _write_report(run_dir: Path, **kw: Any) -> Path:
     return path
 
 
+TRUNCATED_WARN = 0.10  # warn when more than this fraction of rollouts hit max_new_tokens
+
+
+def _warn_truncated(run_dir: Path) -> None:
+    """A run whose rollouts mostly stop at sampling.max_new_tokens grades cut-off answers: say
+    so (the fraction is also in summary.json and the report header)."""
+    from distillscope.report import truncated_rollouts
+    from distillscope.store import RunStore
+
+    n, k = truncated_rollouts(RunStore(run_dir))
+    if n and k / n > TRUNCATED_WARN:
+        console.print(f"warning: {k:,} of {n:,} rollouts ({k / n:.0%}) stopped at "
+                      "sampling.max_new_tokens before the model ended them: their answers are "
+                      "cut off and graded as such; raise sampling.max_new_tokens",
+                      style="yellow", markup=False, highlight=False)
+
+
+def _say_damage(run_dir: Path) -> None:
+    """Units whose files no longer match their markers are redone: one line each."""
+    from distillscope.store import RunStore
+
+    store = RunStore(run_dir)
+    if store.exists():
+        for line in store.damage_report():
+            console.print(f"warning: {line}: it will be recomputed", style="yellow",
+                          markup=False, highlight=False)
+
+
+def _remote_code_models(cfg: RunConfig) -> list[str]:
+    specs: list[tuple[str, Optional[ModelSpec]]] = [("student", cfg.student),
+                                                    ("context.summarizer",
+                                                     cfg.context.summarizer)]
+    for t in cfg.teachers:
+        specs += [(f"teacher '{t.name}'", t.model), (f"teacher '{t.name}' source", t.source)]
+    return [f"{where} ({spec.model})" for where, spec in specs
+            if spec is not None and spec.trust_remote_code]
+
+
+def _check_remote_code(configs: list[RunConfig], allowed: bool, where: str) -> None:
+    """trust_remote_code runs Python shipped with a checkpoint: a run directory someone sent
+    (its config.yaml) or a config file must not turn it on by itself."""
+    models = sorted({m for c in configs for m in _remote_code_models(c)})
+    if models and not allowed:
+        raise ConfigError(f"{where} sets trust_remote_code for {', '.join(models)}: loading it "
+                          "runs Python code shipped with the checkpoint; pass "
+                          "--trust-remote-code to allow it")
+
+
+def _stored_config(out: Path) -> Optional[RunConfig]:
+    from distillscope.store import RunStore
+
+    store = RunStore(out)
+    return store.load_config() if out.is_dir() and store.exists() else None
+
+
 def _run(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool = True,
-         ray: Optional[str] = None) -> Optional[Path]:
+         ray: Optional[str] = None, wait: bool = False,
+         trust_remote_code: bool = False) -> Optional[Path]:
     from distillscope import pipeline
+    from distillscope.store import run_lock
 
     _check_out(out)
-    before = _state(out)
-    if ray is not None:
-        from distillscope.distributed import run_on_ray
+    with run_lock(out, wait=wait):
+        stored = _stored_config(out) if not force else None
+        _check_remote_code([config] + ([stored] if stored else []), trust_remote_code,
+                           "the configuration" if stored is None
+                           else f"the configuration (with {out}/config.yaml)")
+        _say_damage(out)
+        before = _state(out)
+        if ray is not None:
+            from distillscope.distributed import run_on_ray
 
-        run_on_ray(config, out, address=ray or None, reporter=_reporter(), force=force,
-                   score=score)
-    else:
-        pipeline.run(config, out, reporter=_reporter(), force=force, score=score)
-    _say_done(out, before, "run" if score else "shared tree")
-    if report and score:
-        return _write_report(out)
+            run_on_ray(config, out, address=ray or None, reporter=_reporter(), force=force,
+                       score=score)
+        else:
+            pipeline.run(config, out, reporter=_reporter(), force=force, score=score)
+        _say_done(out, before, "run" if score else "shared tree")
+        _warn_truncated(out)
+        if report and score:
+            return _write_report(out)
     return None
 
 
@@ -242,56 +355,65 @@ SET_OPT = typer.Option([], "--set", help="Override a config field with a dotted 
 THREADS_OPT = typer.Option(None, help="torch CPU threads (1 is often fastest on a shared "
                            "machine).")
 RUN_DIR_ARG = typer.Argument(..., help="A run directory made by 'distillscope run'.")
+WAIT_OPT = typer.Option(False, "--wait", help="If another distillscope process is writing "
+                        "the run directory, wait for it instead of exiting.")
+TRUST_OPT = typer.Option(False, "--trust-remote-code", help="Allow models whose config sets "
+                         "trust_remote_code (runs Python shipped with the checkpoint).")
 
 
 @app.command()
+@_command
 def run(
     config: Path = CONFIG_ARG,
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory: created, or resumed if "
-                             "it holds a run of the same config."),
+    out: str = typer.Option(..., "--out", "-o", help="Run directory: created, or resumed if "
+                            "it holds a run of the same config."),
     set_: list[str] = SET_OPT,
     force: bool = typer.Option(False, help="Reuse a run directory made by another config."),
     report: bool = typer.Option(True, help="Write OUT/report/ when done."),
     ray: Optional[str] = typer.Option(None, help="Run on Ray ('' = local cluster, or ADDRESS)."),
     threads: Optional[int] = THREADS_OPT,
+    wait: bool = WAIT_OPT,
+    trust_remote_code: bool = TRUST_OPT,
 ) -> None:
     """The whole pipeline: teacher contexts, shared tree, per-teacher scores, report.
 
     Writes OUT/config.yaml, OUT/provenance.json, OUT/tables/*.parquet and (unless --no-report)
     OUT/report/. Rerunning the same command resumes and says what it reused."""
     _threads(threads)
-    try:
-        html = _run(_load(config, set_), out, force=force, report=report, ray=ray)
-        if html is not None:
-            _print_ranking(html, out)
-    except _errors() as err:
-        _fail(err)
+    out_dir = _path(out, "--out")
+    html = _run(_load(config, set_), out_dir, force=force, report=report, ray=ray, wait=wait,
+                trust_remote_code=trust_remote_code)
+    if html is not None:
+        _print_ranking(html, out_dir)
 
 
 @app.command()
+@_command
 def rollout(
     config: Path = CONFIG_ARG,
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory (created or resumed)."),
+    out: str = typer.Option(..., "--out", "-o", help="Run directory (created or resumed)."),
     set_: list[str] = SET_OPT,
     force: bool = typer.Option(False, help="Reuse a run directory made by another config."),
     threads: Optional[int] = THREADS_OPT,
+    wait: bool = WAIT_OPT,
+    trust_remote_code: bool = TRUST_OPT,
 ) -> None:
     """Phases 0-1 only: teacher contexts and the shared, enriched tree (no scoring).
 
     Writes OUT/config.yaml, OUT/provenance.json and the tree tables in OUT/tables/; score
     teachers on it later with 'distillscope score OUT --teacher NAME'."""
     _threads(threads)
-    try:
-        _run(_load(config, set_), out, force=force, report=False, score=False)
-        console.print(f"next: distillscope score {out} --teacher NAME [--mode MODE]",
-                      highlight=False, markup=False)
-    except _errors() as err:
-        _fail(err)
+    out_dir = _path(out, "--out")
+    _run(_load(config, set_), out_dir, force=force, report=False, score=False, wait=wait,
+         trust_remote_code=trust_remote_code)
+    console.print(f"next: distillscope score {out_dir} --teacher NAME [--mode MODE]",
+                  highlight=False, markup=False)
 
 
 @app.command()
+@_command
 def score(
-    run_dir: Path = typer.Argument(..., help="A finished (or rolled-out) run."),
+    run_dir: str = typer.Argument(..., help="A finished (or rolled-out) run."),
     teacher: str = typer.Option(..., help="Teacher name: a new one (give --mode), or one of "
                                 "the run's config that is not scored yet."),
     mode: Optional[str] = typer.Option(None, help="Prompt layout of a new teacher: "
@@ -300,23 +422,30 @@ def score(
     backend: str = typer.Option("hf", help="Backend of --model: hf, vllm or toy."),
     report: bool = typer.Option(True, help="Rewrite RUN_DIR/report/ when done."),
     threads: Optional[int] = THREADS_OPT,
+    wait: bool = WAIT_OPT,
+    trust_remote_code: bool = TRUST_OPT,
 ) -> None:
     """Add a teacher to a run using the stored tree: no new rollouts.
 
     Appends the teacher's rows to RUN_DIR/tables/nodes and /distributions and (unless
     --no-report) rewrites RUN_DIR/report/. A teacher that is already scored is kept as is."""
     from distillscope import pipeline
-    from distillscope.store import RunStore
+    from distillscope.config import check_teacher_name
+    from distillscope.store import RunStore, run_lock
 
     _threads(threads)
+    run_path = _check_run_dir(run_dir)
     try:
-        _check_run_dir(run_dir)
-        store = RunStore(run_dir)
+        check_teacher_name(teacher)
+    except ValueError as err:
+        raise ConfigError(f"--teacher: {err}") from None
+    with run_lock(run_path, wait=wait):
+        store = RunStore(run_path)
         cfg = store.load_config()
         known = {t.name: t for t in cfg.teachers}
         if teacher not in known:
             if mode is None:
-                raise ConfigError(f"teacher '{teacher}' is not in {run_dir}; give --mode "
+                raise ConfigError(f"teacher '{teacher}' is not in {run_path}; give --mode "
                                   f"({', '.join(TEACHER_MODES)}) and --model for an external "
                                   "teacher")
             spec = _teacher_spec(teacher, mode, model, backend)
@@ -331,68 +460,75 @@ def score(
             if asked.mode != have.mode or not same_model:
                 where = f"mode '{have.mode}'" + (
                     f", model '{have.model.model}' ({have.model.backend})" if have.model else "")
-                raise ConfigError(f"teacher '{teacher}' is already in {run_dir} with {where}; "
+                raise ConfigError(f"teacher '{teacher}' is already in {run_path} with {where}; "
                                   "choose another --teacher name for another teacher")
-        before = _state(run_dir)
+        _check_remote_code([cfg], trust_remote_code, f"{run_path}/config.yaml")
+        _say_damage(run_path)
+        before = _state(run_path)
         already = teacher in before[1].get("teachers_scored", [])
-        pipeline.run(cfg, run_dir, reporter=_reporter(), teachers_only=[teacher],
+        pipeline.run(cfg, run_path, reporter=_reporter(), teachers_only=[teacher],
                      no_new_rollouts=True)
-        if already and _state(run_dir)[0] == before[0]:
-            console.print(f"teacher '{teacher}' was already scored in {run_dir}: nothing was "
-                          "recomputed", highlight=False)
+        if already and _state(run_path)[0] == before[0]:
+            console.print(f"teacher '{teacher}' was already scored in {run_path}: nothing was "
+                          "recomputed", highlight=False, markup=False)
         else:
-            console.print(f"scored teacher '{teacher}' on the stored tree of {run_dir}; "
-                          f"no new rollouts (run total {_rollouts(_state(run_dir)[1])})",
-                          highlight=False)
+            console.print(f"scored teacher '{teacher}' on the stored tree of {run_path}; "
+                          f"no new rollouts (run total {_rollouts(_state(run_path)[1])})",
+                          highlight=False, markup=False)
         if report:
-            _print_ranking(_write_report(run_dir), run_dir)
-    except _errors() as err:
-        _fail(err)
+            _print_ranking(_write_report(run_path), run_path)
 
 
 @app.command()
+@_command
 def screen(
     config: Path = CONFIG_ARG,
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory; tables go to OUT/screen/."),
+    out: str = typer.Option(..., "--out", "-o", help="Run directory; tables go to OUT/screen/."),
     set_: list[str] = SET_OPT,
+    wait: bool = WAIT_OPT,
+    trust_remote_code: bool = TRUST_OPT,
 ) -> None:
     """Phase 0 screening: pass rate per context variant, difficulty bins (tables 7-9).
 
     Prints the tables and writes them to OUT/screen/ as CSV and Markdown."""
     from distillscope.pipeline import screen_run
+    from distillscope.store import run_lock
 
-    try:
-        cfg = _load(config, set_)
-        _check_out(out)
-        result = screen_run(cfg, out, reporter=_reporter())
-        for name, table in result.tables.items():
-            Console().print(f"[bold]{name}[/]\n{table.to_string(index=False)}\n")
-        console.print(f"tables: [bold]{out / 'screen'}[/]")
-    except _errors() as err:
-        _fail(err)
+    cfg = _load(config, set_)
+    out_dir = _path(out, "--out")
+    _check_out(out_dir)
+    with run_lock(out_dir, wait=wait):
+        stored = _stored_config(out_dir)
+        _check_remote_code([cfg] + ([stored] if stored else []), trust_remote_code,
+                           "the configuration")
+        result = screen_run(cfg, out_dir, reporter=_reporter())
+    for name, table in result.tables.items():
+        Console().print(f"[bold]{name}[/]\n{table.to_string(index=False)}\n")
+    console.print(f"tables: [bold]{out_dir / 'screen'}[/]")
 
 
 @app.command()
+@_command
 def report(
-    run_dir: Path = RUN_DIR_ARG,
+    run_dir: str = RUN_DIR_ARG,
     seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
     method: str = typer.Option("gkd", help=f"Gradient the report ranks by: {METHODS}."),
 ) -> None:
     """Write summary.json, CSV/Markdown tables, PNG plots and report.html into RUN_DIR/report.
 
     Also prints the teacher ranking (the same numbers as the report's table 1)."""
-    try:
-        _check_run_dir(run_dir)
-        if method not in ("gkd", "sampled", "minillm", "drgrpo"):
-            raise ConfigError(f"--method must be one of {METHODS}; got '{method}'")
-        _print_ranking(_write_report(run_dir, seed=seed, method=method), run_dir, method)
-    except _errors() as err:
-        _fail(err)
+    run_path = _check_run_dir(run_dir)
+    if method not in ("gkd", "sampled", "minillm", "drgrpo"):
+        raise ConfigError(f"--method must be one of {METHODS}; got '{method}'")
+    html = _write_report(run_path, seed=seed, method=method)
+    _warn_truncated(run_path)
+    _print_ranking(html, run_path, method)
 
 
 @app.command()
+@_command
 def show(
-    run_dir: Path = RUN_DIR_ARG,
+    run_dir: str = RUN_DIR_ARG,
     question: str = typer.Option(..., help="Question id, or its 0-based index in the run."),
     path: int = typer.Option(..., help="Path id within the question (the report lists them)."),
     teacher: Optional[str] = typer.Option(None, help="Teacher whose alignment colours the "
@@ -406,18 +542,19 @@ def show(
     from distillscope.show import render_path
 
     try:
-        _check_run_dir(run_dir)
-        render_path(run_dir, question, path, teacher=teacher, console=Console(), method=method)
-    except (*_errors(), KeyError, ValueError) as err:
+        render_path(_check_run_dir(run_dir), question, path, teacher=teacher, console=Console(),
+                    method=method)
+    except (KeyError, ValueError) as err:
         _fail(err)
 
 
 @app.command("export-weights")
+@_command
 def export_weights(
-    run_dir: Path = RUN_DIR_ARG,
+    run_dir: str = RUN_DIR_ARG,
     teacher: str = typer.Option(..., help="Teacher whose alignment sets the weights."),
-    out: Path = typer.Option(..., "--out", "-o", help="FILE.parquet or FILE.jsonl (one row per "
-                             "token of every representative path)."),
+    out: str = typer.Option(..., "--out", "-o", help="FILE.parquet or FILE.jsonl (one row per "
+                            "token of every representative path)."),
     method: str = typer.Option("gkd", help=f"Gradient compared with the ideal: {METHODS}."),
     threshold: float = typer.Option(0.0, help="Weight 0 where alignment <= threshold, 1 above."),
     fill: float = typer.Option(1.0, help="Weight where alignment is unknown (not a decision "
@@ -429,10 +566,13 @@ def export_weights(
     from distillscope.export import export_weights as _export
 
     try:
-        _check_run_dir(run_dir)
-        path = _export(run_dir, teacher, out, method=method, threshold=threshold, fill=fill)
-        console.print(f"wrote {path}: {_weights_summary(path)}", highlight=False)
-    except (*_errors(), KeyError, ValueError) as err:
+        run_path = _check_run_dir(run_dir)
+        if not str(out).strip():
+            raise ConfigError("--out is empty: give FILE.parquet or FILE.jsonl")
+        path = _export(run_path, teacher, Path(out), method=method, threshold=threshold,
+                       fill=fill)
+        console.print(f"wrote {path}: {_weights_summary(path)}", highlight=False, markup=False)
+    except (KeyError, ValueError) as err:
         _fail(err)
 
 
@@ -450,10 +590,12 @@ def _weights_summary(path: Path) -> str:
 
 
 @app.command()
+@_command
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Run directory."),
+    out: str = typer.Option("runs/quickstart", "--out", "-o", help="Run directory."),
     force: bool = typer.Option(False, help="Reuse a run directory made by another config."),
     threads: Optional[int] = THREADS_OPT,
+    wait: bool = WAIT_OPT,
 ) -> None:
     """The whole pipeline on CPU with the bundled SmolLM2-135M and bundled questions.
 
@@ -461,20 +603,18 @@ def quickstart(
     from distillscope.presets import quickstart_config
 
     _threads(threads)
-    try:
-        html = _run(quickstart_config(), out, force=force, report=True)
-        if html is not None:
-            _print_ranking(html, out)
-        console.print(f"[bold green]done[/]: open {out / 'report' / 'report.html'}")
-    except _errors() as err:
-        _fail(err)
+    out_dir = _path(out, "--out")
+    html = _run(quickstart_config(), out_dir, force=force, report=True, wait=wait)
+    if html is not None:
+        _print_ranking(html, out_dir)
+    console.print(f"[bold green]done[/]: open {out_dir / 'report' / 'report.html'}")
 
 
 def main() -> None:
     try:
         app()
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: rerun the same command to resume[/]")
+    except KeyboardInterrupt:  # outside a command (while parsing the options)
+        console.print(INTERRUPTED, style="yellow", markup=False, highlight=False)
         sys.exit(130)
 
 

@@ -12,13 +12,15 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -33,6 +35,36 @@ TaskName = Literal["boolq", "mmlu", "aime2024", "aime2025", "custom", "quickstar
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that names the field and the allowed values."""
+
+
+def _not_bool(v: Any) -> Any:
+    if isinstance(v, bool):
+        raise ValueError("Input should be a number, not a boolean")
+    return v
+
+
+# Counts are strict integers (YAML `G: true` or `G: 2.5` is an error, not 1 or 2); numbers
+# accept ints and floats, but not booleans, NaN or infinity.
+Int = StrictInt
+Num = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+
+# A teacher's name becomes part of file names and unit keys, and is a column value next to
+# "student" and the report's "all": one safe rule, checked once, when the config is read.
+TEACHER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,63}$")
+RESERVED_NAMES = ("all", "student", "none")
+TEACHER_NAME_RULE = ("1-64 characters: letters, digits and . _ + = - (starting with a letter or "
+                     "digit; no spaces, '/' or '__'); not " + ", ".join(RESERVED_NAMES))
+
+
+def check_teacher_name(name: str) -> str:
+    """`name` if it is a valid teacher name, else ValueError with the rule."""
+    if (not isinstance(name, str) or not TEACHER_NAME_RE.match(name) or "__" in name
+            or name.lower() in RESERVED_NAMES):
+        raise ValueError(f"teacher name {name!r} is not allowed: use {TEACHER_NAME_RULE}")
+    return name
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 class _Strict(BaseModel):
@@ -51,7 +83,7 @@ class ModelSpec(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
     )
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N (or mps).")
     trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint.")
     enable_thinking: bool = Field(True, description="Qwen3 chat templates: thinking mode.")
     system_prompt: str | None = Field(
@@ -60,6 +92,13 @@ class ModelSpec(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Backend-specific options (toy: tilt, strength, ...)."
     )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not DEVICE_RE.match(v):
+            raise ValueError(f"unknown device {v!r}: use auto, cpu, cuda, cuda:N or mps")
+        return v
 
 
 class TeacherSpec(_Strict):
@@ -74,6 +113,11 @@ class TeacherSpec(_Strict):
         None, description="self-1c-src: the model that writes the demonstration."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_teacher_name(v)
+
     @model_validator(mode="after")
     def _check(self) -> TeacherSpec:
         if self.mode == "external" and self.model is None:
@@ -87,8 +131,8 @@ class TaskSpec(_Strict):
     name: TaskName = "quickstart"
     path: str | None = Field(None, description="Local JSONL/Parquet file instead of the hub.")
     split: str | None = Field(None, description="Dataset split (hub loaders).")
-    limit: int | None = Field(None, ge=1, description="Use at most this many questions.")
-    offset: int = Field(0, ge=0, description="Skip this many questions first.")
+    limit: Int | None = Field(None, ge=1, description="Use at most this many questions.")
+    offset: Int = Field(0, ge=0, description="Skip this many questions first.")
     ids: list[str] | None = Field(None, description="Use only these question ids.")
     fields: dict[str, str] = Field(
         default_factory=dict, description="custom: field names (id, question, answer, ...)."
@@ -98,11 +142,11 @@ class TaskSpec(_Strict):
 
 
 class SamplingConfig(_Strict):
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(512, ge=1)
+    temperature: Num = Field(1.0, gt=0)
+    top_p: Num = Field(1.0, gt=0, le=1)
+    max_new_tokens: Int = Field(512, ge=1)
     stop_strings: list[str] = Field(default_factory=list)
-    batch_groups: int = Field(8, ge=1, description="Sampling groups batched per model call.")
+    batch_groups: Int = Field(8, ge=1, description="Sampling groups batched per model call.")
 
     @field_validator("temperature", "top_p")
     @classmethod
@@ -122,9 +166,10 @@ class SamplingConfig(_Strict):
 class ContextConfig(_Strict):
     """Phase 0: demonstrations and summaries for self-* teachers (appendix E.9)."""
 
-    demo_temperature: float = Field(0.7, gt=0)
-    max_trials: int = Field(60, ge=1, description="Demo samples per question before giving up.")
-    demo_max_new_tokens: int | None = Field(None, description="Default: sampling.max_new_tokens.")
+    demo_temperature: Num = Field(0.7, gt=0)
+    max_trials: Int = Field(60, ge=1, description="Demo samples per question before giving up.")
+    demo_max_new_tokens: Int | None = Field(None, ge=1,
+                                            description="Default: sampling.max_new_tokens.")
     summarizer: ModelSpec | None = Field(None, description="Summariser; null = the student.")
     missing_demos: Literal["paper", "exclude_question", "skip_teacher"] = Field(
         "paper",
@@ -138,8 +183,8 @@ class ContextConfig(_Strict):
 
 
 class ScreenConfig(_Strict):
-    G: int = Field(32, ge=1, description="Rollouts per question and variant.")
-    temperature: float = Field(1.0, gt=0)
+    G: Int = Field(32, ge=1, description="Rollouts per question and variant.")
+    temperature: Num = Field(1.0, gt=0)
     require_all_sources: bool = Field(True, description="Intersection filter (table 7).")
     select: list[Literal["easy", "medium", "hard"]] | None = Field(
         None, description="run: screen first and analyse only the questions in these difficulty "
@@ -150,15 +195,15 @@ class ScreenConfig(_Strict):
 class TreeConfig(_Strict):
     """Phase 1: the shared generation tree and targeted rollouts (section 2.5, appendix D)."""
 
-    G: int = Field(200, ge=1, description="Initial rollouts per question.")
-    n_correct_paths: int = Field(2, ge=0)
-    n_incorrect_paths: int = Field(2, ge=0)
-    tau: float = Field(0.02, gt=0, lt=1, description="Candidate threshold on P_student/P_teacher.")
-    top_k: int = Field(8, ge=0, description="Per window: candidates ranked by |gkd gradient|.")
-    top_r: int = Field(8, ge=0, description="Per window: candidates ranked by |P_te - P_theta|.")
-    n_min: int = Field(100, ge=1, description="Counted visits each chosen child is enriched to.")
-    n_sig: int = Field(20, ge=1, description="Visits for a child to enter S_u.")
-    window_base: int = Field(50, ge=1, description="Windows [0,b), [b,3b), [3b,7b), ...")
+    G: Int = Field(200, ge=1, description="Initial rollouts per question.")
+    n_correct_paths: Int = Field(2, ge=0)
+    n_incorrect_paths: Int = Field(2, ge=0)
+    tau: Num = Field(0.02, gt=0, lt=1, description="Candidate threshold on P_student/P_teacher.")
+    top_k: Int = Field(8, ge=0, description="Per window: candidates ranked by |gkd gradient|.")
+    top_r: Int = Field(8, ge=0, description="Per window: candidates ranked by |P_te - P_theta|.")
+    n_min: Int = Field(100, ge=1, description="Counted visits each chosen child is enriched to.")
+    n_sig: Int = Field(20, ge=1, description="Visits for a child to enter S_u.")
+    window_base: Int = Field(50, ge=1, description="Windows [0,b), [b,3b), [3b,7b), ...")
     estimator: Literal["unbiased", "paper"] = Field(
         "unbiased", description="unbiased (default) or paper (the paper's naive cascade counting, "
         "biased; for comparison). docs/method.md#estimators",
@@ -166,21 +211,21 @@ class TreeConfig(_Strict):
     budget: Literal["fixed", "adaptive"] = Field(
         "fixed", description="fixed = enrich to n_min (paper); adaptive = rounds to where it pays."
     )
-    adaptive_round: int = Field(20, ge=1, description="adaptive: rollouts per child per round.")
-    adaptive_gain: float = Field(
+    adaptive_round: Int = Field(20, ge=1, description="adaptive: rollouts per child per round.")
+    adaptive_gain: Num = Field(
         1e-4, ge=0,
         description="adaptive: a child gets another round only while it is expected to cut its "
         "node's squared alignment error (mean over teachers, times the paths reporting the "
         "node) by at least this much per rollout.",
     )
-    adaptive_ci: float = Field(
+    adaptive_ci: Num = Field(
         0.05, ge=0, description="adaptive: a node stops once the 95% bootstrap half-width of "
         "its alignment (widest teacher) is at most this.",
     )
-    adaptive_max_child: int | None = Field(
+    adaptive_max_child: Int | None = Field(
         None, ge=1, description="adaptive: cap on a child's visits; null = 2 * n_min."
     )
-    group_size: int = Field(100, ge=1, description="Max samples per targeted-rollout group.")
+    group_size: Int = Field(100, ge=1, description="Max samples per targeted-rollout group.")
     exclude_extremely_hard: bool = Field(True, description="Skip questions with pass rate 0.")
 
     @field_validator("estimator", mode="before")
@@ -196,13 +241,13 @@ class TreeConfig(_Strict):
 
 class ScoringConfig(_Strict):
     restrict: Literal["renorm", "project"] = "renorm"
-    topk_overlap: int = Field(16, ge=1, description="k of the top-k overlap features.")
-    chunk_size: int = Field(512, ge=1, description="Positions per scoring chunk on device.")
+    topk_overlap: Int = Field(16, ge=1, description="k of the top-k overlap features.")
+    chunk_size: Int = Field(512, ge=1, description="Positions per scoring chunk on device.")
 
 
 class RunConfig(_Strict):
     name: str = "run"
-    seed: int = 0
+    seed: Int = 0
     student: ModelSpec = Field(default_factory=ModelSpec)
     teachers: list[TeacherSpec] = Field(default_factory=list)
     task: TaskSpec = Field(default_factory=TaskSpec)
@@ -212,13 +257,19 @@ class RunConfig(_Strict):
     tree: TreeConfig = Field(default_factory=TreeConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
 
-    @model_validator(mode="after")
-    def _unique_teachers(self) -> RunConfig:
-        names = [t.name for t in self.teachers]
+    @field_validator("teachers")
+    @classmethod
+    def _unique_teachers(cls, teachers: list[TeacherSpec]) -> list[TeacherSpec]:
+        names = [t.name for t in teachers]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"teacher names must be unique; repeated: {sorted(dup)}")
-        return self
+        folded = [n.lower() for n in names]
+        dup = {n for n in names if folded.count(n.lower()) > 1}
+        if dup:  # one file on a case-insensitive file system
+            raise ValueError("teacher names must differ in more than letter case: "
+                             + ", ".join(sorted(dup)))
+        return teachers
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -246,11 +297,11 @@ def _format_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = str(e["msg"]).removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"config field '{loc}': {msg}")
-    return "\n".join(lines)
+    return "; ".join(lines)
 
 
 def parse_config(data: Any, source: str = "config") -> RunConfig:
@@ -263,7 +314,7 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source}: invalid configuration\n{_format_error(err)}") from None
+        raise ConfigError(f"{source}: invalid configuration: {_format_error(err)}") from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -274,7 +325,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason})"
+                          ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
     if data is None:
         raise ConfigError(f"{path}: the configuration file is empty (see configs/ for presets)")
     for key, value in (overrides or {}).items():
@@ -287,6 +343,9 @@ def _set_dotted(data: Any, key: str, value: Any) -> None:
     list is entered by an integer index ("teachers.0.name"); anything else is an error."""
     node = data
     parts = key.split(".")
+    if not key.strip() or any(not p.strip() for p in parts):
+        raise ConfigError(f"override '{key}={value!r}': the key is empty or has an empty part; "
+                          "give a dotted field name, e.g. tree.G=50")
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
         where = ".".join(parts[: i + 1])

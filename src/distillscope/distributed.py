@@ -5,8 +5,10 @@ What: `run_on_ray(config, out, address=...)` is `pipeline.run` with every model 
 code path: the pipeline does not know it runs on a cluster.
 
 * Actors. A `WorkerPool` starts one `ModelWorker` actor per GPU (`num_gpus=1`; on a CPU-only
-  cluster one per CPU slot, `num_cpus=1`). An actor loads models from their `ModelSpec` on
-  first use, on its own device, and keeps them.
+  cluster one per CPU slot, `num_cpus=1`). Every actor is created with an explicit `num_gpus`;
+  one with none hides every GPU itself (CUDA_VISIBLE_DEVICES=""), as Ray >= 2.5x no longer
+  does that for `num_gpus=0` actors. An actor loads models from their `ModelSpec` on first
+  use, on its own device, and keeps them.
 * Sampling. `RayModel.sample(requests, params)` cuts the requests into contiguous shards of
   about equal sample counts, one per actor, sends them out, and gathers the completions in
   request order. A group's samples depend only on its own seed (models/base.py), so the result
@@ -145,8 +147,23 @@ def split_balanced(sizes: Sequence[int], k: int) -> list[tuple[int, int]]:
 class ModelWorker:
     """Runs inside one Ray actor: models loaded from their specs (JSON keys) on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, hide_gpus: bool = False) -> None:
+        if hide_gpus:
+            # before anything initialises CUDA in this process: a CPU actor must not see (and
+            # allocate on) the GPUs that other actors were given
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         self._models: dict[str, LanguageModel] = {}
+
+    def visible_devices(self) -> dict[str, Any]:
+        """What this actor's process can see (tests): CUDA_VISIBLE_DEVICES and the GPU count
+        torch reports."""
+        count = 0
+        with contextlib.suppress(Exception):
+            import torch
+
+            count = torch.cuda.device_count()
+        return {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "cuda_device_count": count}
 
     def _model(self, key: str) -> LanguageModel:
         if key not in self._models:
@@ -197,16 +214,20 @@ class WorkerPool:
         ray = _import_ray()
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-        self._actor_cls = ray.remote(num_gpus=num_gpus, num_cpus=num_cpus,
+        self.num_gpus = float(num_gpus)
+        self._actor_cls = ray.remote(num_gpus=self.num_gpus, num_cpus=num_cpus,
                                      max_restarts=0)(ModelWorker)
         self.preload = tuple(preload)
         self.max_retries = max_retries
         self.on_dispatch = on_dispatch
-        self.actors: list[Any] = [self._actor_cls.remote() for _ in range(num_workers)]
+        self.actors: list[Any] = [self._new_actor() for _ in range(num_workers)]
         self.where: list[str] = []
         self.stats = {"dispatches": 0, "replaced": 0, "resubmitted": 0}
         self._turn = 0
         self._closed = False
+
+    def _new_actor(self) -> Any:
+        return self._actor_cls.remote(hide_gpus=self.num_gpus == 0)
 
     @property
     def size(self) -> int:
@@ -223,7 +244,7 @@ class WorkerPool:
             return  # already replaced (several shards were on it)
         with contextlib.suppress(Exception):  # already gone is fine
             ray.kill(dead, no_restart=True)
-        fresh = self._actor_cls.remote()
+        fresh = self._new_actor()
         if self.preload:
             fresh.load.remote(list(self.preload))  # start loading now, in the background
         self.actors[slot] = fresh

@@ -102,9 +102,9 @@ def default_teacher(run_dir: str | Path, method: str = "gkd") -> str:
     df, _ = decision_points(run.nodes, method)
     df = df[df["teacher"].isin(run.teachers)]
     if df.empty:
-        if not run.teachers:
+        if not run.scored_teachers:
             raise ValueError(f"{run_dir}: no teacher has been scored")
-        return run.teachers[0]
+        return run.scored_teachers[0]  # scored, but without a decision point
     means = df.groupby("teacher")["align"].mean().sort_index()
     return str(means.idxmax())
 
@@ -143,9 +143,10 @@ def render_path(
     console = console or Console()
     if teacher is None:
         teacher = default_teacher(run_dir, method)
-    if teacher not in run.teachers:
-        raise ValueError(f"unknown teacher {teacher!r}; this run has: {', '.join(run.teachers)}")
-    if method not in run.methods:
+    if teacher not in run.scored_teachers:
+        raise ValueError(f"unknown teacher {teacher!r}; this run has: "
+                         f"{', '.join(run.scored_teachers) or 'none'}")
+    if method not in run.methods and run.methods:
         raise ValueError(f"unknown method {method!r}; this run has: {', '.join(run.methods)}")
     qid = resolve_question(run, qid)
     views = path_views(run, only=(qid, int(path_id)))

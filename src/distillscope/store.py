@@ -5,24 +5,36 @@ Layout:
     RUN_DIR/config.yaml            the resolved RunConfig
     RUN_DIR/provenance.json        git commit, versions, device, rollouts spent, timings
     RUN_DIR/tables/<name>/<unit>.parquet
-    RUN_DIR/units/<unit>.done      a unit's commit marker, written after all its parts
+    RUN_DIR/units/<unit>.done      a unit's commit marker, written after all its parts: JSON
+                                   with each part's size and SHA-256 and a commit sequence number
+    RUN_DIR/.lock                  held (flock) by the one process that writes the tables
 
 A *unit* is a deterministic piece of work (a question's initial rollouts, one batch of
 targeted rollouts, a teacher's scoring of a question). Its parts are written first (temp file,
 fsync, rename), then its marker. Readers see only parts of committed units, so a run killed at
 any moment shows either all of a unit or none of it; on resume an uncommitted unit is simply
-redone and its parts overwritten with identical content. No pickle anywhere: Parquet, JSON and
-YAML (safe_load) only.
+redone and its parts overwritten with identical content. A part that no longer matches its
+marker (truncated, deleted, edited) makes its unit uncommitted, and with it every unit of the
+same question committed after it (they were computed from it): resume redoes them, and the
+report refuses to pass the run off as complete. Temp files carry this module's prefix and the
+writer's pid; only those of dead writers, in the run's own folders, are ever removed. No pickle
+anywhere: Parquet, JSON and YAML (safe_load) only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
+import socket
+import sys
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +49,10 @@ from distillscope.schemas import SCHEMAS
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _UNIT_RE = re.compile(r"^[A-Za-z0-9_.=+-]+(/[A-Za-z0-9_.=+-]+)*$")
+TMP_PREFIX = ".distillscope-tmp-"  # + "<pid>-<final name>.<random>.tmp"
+_TMP_RE = re.compile(r"^\.distillscope-tmp-(\d+)-.+\.tmp$")
+LOCK_NAME = ".lock"
+MARKER_VERSION = 1
 
 
 class StoreError(RuntimeError):
@@ -44,9 +60,38 @@ class StoreError(RuntimeError):
 
 
 def _unit_file(unit: str) -> str:
-    if not _UNIT_RE.match(unit):
+    if not _UNIT_RE.match(unit) or "__" in unit:
         raise ValueError(f"bad unit key {unit!r}")
     return unit.replace("/", "__")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_temp_files(folders: list[Path]) -> list[Path]:
+    """Remove this module's temp files (TMP_PREFIX, see atomic_write_bytes) left in `folders`
+    (not below them) by writers that are no longer running: a write killed before its rename.
+    Nothing else is touched, whatever its name. Returns what was removed."""
+    removed = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            m = _TMP_RE.match(p.name)
+            if m and p.is_file() and not p.is_symlink() and not _pid_alive(int(m.group(1))):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,7 +110,8 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write, fsync, rename: the file is either absent, old, or complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{os.getpid()}-{path.name}.",
+                               suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
         with os.fdopen(fd, "wb") as fh:
@@ -80,14 +126,106 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def atomic_write_table(path: Path, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+def atomic_write_table(path: Path, table: pa.Table,
+                       metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """Write a Parquet file atomically; returns its size and SHA-256 (for the unit marker)."""
     if metadata:
         meta = dict(table.schema.metadata or {})
         meta.update({k.encode(): v.encode() for k, v in metadata.items()})
         table = table.replace_schema_metadata(meta)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    data = sink.getvalue().to_pybytes()
+    atomic_write_bytes(path, data)
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
+
+
+def _file_sha256(path: Path, st: os.stat_result) -> str:
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The run lock: one writing process per run directory (flock; released by the kernel when the
+# process dies). Re-entrant within a process: every holder in this process shares one lock.
+_LOCKS: dict[str, list[int]] = {}  # lock file (real path) -> [fd, holders]
+
+
+def _lock_owner(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or not info.get("pid"):
+        return "another process"
+    return (f"pid {info.get('pid')} on {info.get('host', '?')} since {info.get('since', '?')}: "
+            f"{info.get('command', '?')}")
+
+
+def acquire_lock(path: Path, *, wait: bool = False, what: str = "run directory") -> str:
+    """Take the exclusive lock `path` (created if needed) for this process; returns the key to
+    give `release_lock`. A lock held by another process: StoreError naming it, or with `wait`
+    block until it is free."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(path)
+    if key in _LOCKS:
+        _LOCKS[key][1] += 1
+        return key
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise StoreError(
+                    f"{path.parent} is in use: the {what} is locked by {_lock_owner(path)}; "
+                    f"wait for it to finish, or pass --wait to wait for it") from None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "since": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "command": " ".join(os.path.basename(a) if i == 0 else a
+                                    for i, a in enumerate(sys.argv))}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    _LOCKS[key] = [fd, 1]
+    return key
+
+
+def release_lock(key: str) -> None:
+    held = _LOCKS.get(key)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _LOCKS[key]
+        with contextlib.suppress(OSError):
+            os.close(held[0])  # closing the descriptor releases the flock
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, *, wait: bool = False):
+    """Hold RUN_DIR/.lock for the duration of the block (the CLI wraps every writing command)."""
+    run_dir = Path(run_dir)
+    try:
+        key = acquire_lock(run_dir / LOCK_NAME, wait=wait)
+    except OSError as err:
+        raise _wrap_os_error(err, run_dir) from None
+    try:
+        yield
+    finally:
+        release_lock(key)
 
 
 def _wrap_os_error(err: OSError, run_dir: Path) -> StoreError:
@@ -97,6 +235,9 @@ def _wrap_os_error(err: OSError, run_dir: Path) -> StoreError:
     if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
         return StoreError(f"cannot write to the run directory {run_dir} ({err.strerror}); "
                           f"choose a writable --out")
+    if err.errno == errno.ENOTDIR:
+        return StoreError(f"cannot use {run_dir}: a part of that path is a file, not a "
+                          "directory; choose another --out")
     return StoreError(f"I/O error in {run_dir}: {err}")
 
 
@@ -114,12 +255,20 @@ def to_table(name: str, rows: pd.DataFrame | list[dict[str, Any]]) -> pa.Table:
 
 
 # ---------------------------------------------------------------------------------------------
+def _group(unit: str) -> str:
+    """Units of one group (a question: the key's first component) depend on the earlier ones."""
+    return unit.split("/", 1)[0]
+
+
 class RunStore:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
         self.tables_dir = self.dir / "tables"
         self.units_dir = self.dir / "units"
         self._done: set[str] | None = None
+        self._markers: dict[str, dict[str, Any]] = {}  # unit -> parsed marker (v1 only)
+        self._seq = 0
+        self.damaged: dict[str, str] = {}  # unit -> why it no longer counts as committed
         self.provenance_meta: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -130,30 +279,55 @@ class RunStore:
     def exists(self) -> bool:
         return self.config_path.is_file()
 
+    def has_work(self) -> bool:
+        """Whether anything computed from the stored config is here: a committed unit, the
+        demonstrations of phase 0 or screening tables. A run without any may take a new
+        config (a run that failed before its first unit, e.g. on a wrong task path)."""
+        if self.units_dir.is_dir() and any(self.units_dir.glob("*.done")):
+            return True
+        return (self.dir / "demos.parquet").exists() or (self.dir / "screen").exists()
+
+    def lock(self, *, wait: bool = False) -> None:
+        """Take RUN_DIR/.lock for as long as this store object lives (re-entrant in one
+        process). Another process holding it: StoreError naming that process."""
+        if getattr(self, "_lock_key", None):
+            return
+        try:
+            self._lock_key = acquire_lock(self.dir / LOCK_NAME, wait=wait)
+        except OSError as err:
+            raise _wrap_os_error(err, self.dir) from None
+        weakref.finalize(self, release_lock, self._lock_key)
+
+    def temp_folders(self) -> list[Path]:
+        """The folders this store writes into (where its temp files may be left)."""
+        return [self.dir, self.units_dir,
+                *(self.tables_dir / name for name in sorted(SCHEMAS))]
+
     def open_for(self, config: RunConfig, *, force: bool = False) -> RunConfig:
         """Create the run, or check that an existing run was made by the same config.
 
         Teachers may differ (adding one later is `distillscope score`); everything that
-        shapes the tree must match, unless `force`. Returns the config to use (the stored one
-        with any new teachers appended)."""
+        shapes the tree must match, unless `force`, or unless nothing has been computed here
+        yet (`has_work`). Returns the config to use (the stored one with any new teachers
+        appended). Holds the run lock from here on (`lock`)."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write-probe"
+            probe = self.dir / f"{TMP_PREFIX}{os.getpid()}-write-probe.tmp"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
             raise _wrap_os_error(err, self.dir) from None
-        for tmp in [*self.dir.glob("**/.*.tmp")]:
-            tmp.unlink(missing_ok=True)  # leftovers of a write killed before its rename
+        self.lock()
         if self.exists():
             stored = self.load_config()
-            if stored.fingerprint() != config.fingerprint() and not force:
+            fresh = not self.has_work()
+            if stored.fingerprint() != config.fingerprint() and not (force or fresh):
                 raise StoreError(
                     f"{self.dir} holds a run from a different configuration (tree fingerprint "
                     f"{stored.fingerprint()} vs {config.fingerprint()}); refusing to mix results. "
                     f"Use another --out, or --force to overwrite the configuration."
                 )
-            if not force:
+            if not (force or fresh):
                 known = {t.name: t for t in stored.teachers}
                 for t in config.teachers:
                     if t.name in known and known[t.name] != t:
@@ -163,6 +337,7 @@ class RunStore:
                         )
                 extra = [t for t in config.teachers if t.name not in known]
                 config = stored.model_copy(update={"teachers": [*stored.teachers, *extra]})
+            remove_stale_temp_files(self.temp_folders())
         self.save_config(config)
         return config
 
@@ -171,8 +346,11 @@ class RunStore:
             raise StoreError(f"{self.dir} is not a distillscope run (no config.yaml)")
         try:
             data = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise StoreError(f"{self.config_path}: not valid YAML: {err}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise StoreError(f"{self.config_path}: not valid YAML: "
+                             f"{str(err).splitlines()[0]}") from None
+        except OSError as err:
+            raise StoreError(f"{self.config_path}: cannot read it ({err.strerror})") from None
         try:
             return parse_config(data, str(self.config_path))
         except ConfigError as err:
@@ -185,36 +363,100 @@ class RunStore:
             raise _wrap_os_error(err, self.dir) from None
 
     # -- units -----------------------------------------------------------------------------
+    def _marker_path(self, unit: str) -> Path:
+        return self.units_dir / f"{_unit_file(unit)}.done"
+
+    def _check_marker(self, unit: str, marker: dict[str, Any]) -> str | None:
+        """Why the parts on disk do not match the marker, or None when they do."""
+        for name, part in sorted(marker.get("parts", {}).items()):
+            f = self.tables_dir / name / f"{_unit_file(unit)}.parquet"
+            rel = f.relative_to(self.dir)
+            try:
+                st = f.stat()
+            except OSError:
+                return f"its part {rel} is missing"
+            if st.st_size != part.get("size"):
+                return f"its part {rel} is {st.st_size:,} bytes, not the {part.get('size'):,} " \
+                       "it was written with (truncated or replaced)"
+            if _file_sha256(f, st) != part.get("sha256"):
+                return f"its part {rel} does not match its checksum (modified)"
+        return None
+
     def done_units(self) -> set[str]:
         if self._done is None:
-            self._done = set()
+            done: set[str] = set()
+            seqs: dict[str, int] = {}
             if self.units_dir.is_dir():
-                for p in self.units_dir.glob("*.done"):
-                    self._done.add(p.name[: -len(".done")].replace("__", "/"))
+                for p in sorted(self.units_dir.glob("*.done")):
+                    unit = p.name[: -len(".done")].replace("__", "/")
+                    try:
+                        raw = p.read_bytes()
+                        marker = json.loads(raw) if raw.strip() else None
+                    except (OSError, ValueError):
+                        self.damaged[unit] = f"its marker {p.relative_to(self.dir)} is unreadable"
+                        continue
+                    if isinstance(marker, dict) and marker.get("v") == MARKER_VERSION:
+                        why = self._check_marker(unit, marker)
+                        if why:
+                            self.damaged[unit] = why
+                            seqs[unit] = int(marker.get("seq", 0))
+                            continue
+                        self._markers[unit] = marker
+                        seqs[unit] = int(marker.get("seq", 0))
+                    # else: a marker of an older version (empty): its parts are not verifiable
+                    done.add(unit)
+            self._seq = max(seqs.values(), default=0)
+            # a unit computed after a damaged one of its group was computed from it; when the
+            # damaged unit's place in that order is unknown (its marker is unreadable, or the
+            # other unit's marker predates sequence numbers), every unit of the group is suspect
+            for bad in sorted(self.damaged):
+                s0 = seqs.get(bad)
+                for unit in sorted(done):
+                    if _group(unit) == _group(bad) and (
+                            s0 is None or unit not in seqs or seqs[unit] > s0):
+                        done.discard(unit)
+                        self.damaged.setdefault(unit, f"it was computed after '{bad}', which "
+                                                      "is damaged" if s0 is not None else
+                                                      f"it belongs with '{bad}', which is damaged")
+            self._done = done
         return self._done
+
+    def damage_report(self) -> list[str]:
+        """One line per unit that no longer counts as committed because its files changed."""
+        self.done_units()
+        return [f"unit '{u}': {why}" for u, why in sorted(self.damaged.items())]
 
     def is_done(self, unit: str) -> bool:
         return unit in self.done_units()
 
     def commit(self, unit: str, parts: dict[str, pd.DataFrame | list[dict] | pa.Table]) -> None:
-        """Write every part of `unit`, then its marker. Idempotent."""
+        """Write every part of `unit`, then its marker (each part's size and SHA-256).
+        Idempotent."""
         fname = _unit_file(unit)
+        self.done_units()
+        written: dict[str, Any] = {}
         try:
             for name, rows in parts.items():
                 table = rows if isinstance(rows, pa.Table) else to_table(name, rows)
-                atomic_write_table(self.tables_dir / name / f"{fname}.parquet", table,
-                                   self.provenance_meta)
-            atomic_write_bytes(self.units_dir / f"{fname}.done", b"")
+                written[name] = atomic_write_table(self.tables_dir / name / f"{fname}.parquet",
+                                                   table, self.provenance_meta)
+            self._seq += 1
+            marker = {"v": MARKER_VERSION, "seq": self._seq, "parts": written}
+            atomic_write_bytes(self.units_dir / f"{fname}.done",
+                               json.dumps(marker, sort_keys=True).encode())
         except OSError as err:
             raise _wrap_os_error(err, self.dir) from None
+        self._markers[unit] = marker
+        self.damaged.pop(unit, None)
         self.done_units().add(unit)
 
     def uncommit(self, prefix: str) -> None:
         """Forget every unit whose key starts with `prefix` (used to recompute derived tables)."""
         for unit in sorted(self.done_units()):
             if unit.startswith(prefix):
-                (self.units_dir / f"{_unit_file(unit)}.done").unlink(missing_ok=True)
+                self._marker_path(unit).unlink(missing_ok=True)
                 self.done_units().discard(unit)
+                self._markers.pop(unit, None)
                 for tdir in self.tables_dir.glob("*"):
                     (tdir / f"{_unit_file(unit)}.parquet").unlink(missing_ok=True)
 
@@ -229,16 +471,38 @@ class RunStore:
         for p in sorted(tdir.glob("*.parquet")):
             unit = p.name[: -len(".parquet")].replace("__", "/")
             if unit in done and (unit_prefix is None or unit.startswith(unit_prefix)):
+                marker = self._markers.get(unit)
+                if marker is not None and name not in marker.get("parts", {}):
+                    continue  # a stale file the unit's last commit did not write
                 parts.append(p)
         return parts
 
+    def _damaged_part(self, p: Path, err: Exception) -> StoreError:
+        unit = p.name[: -len(".parquet")].replace("__", "/")
+        return StoreError(
+            f"{self.dir}: unit '{unit}' is damaged: {p.relative_to(self.dir)} cannot be read "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); delete "
+            f"its marker {self._marker_path(unit).relative_to(self.dir)} and resume to "
+            "recompute it")
+
     def count_rows(self, name: str) -> int:
         """Committed rows of a table, from the Parquet footers (no data read)."""
-        return sum(pq.ParquetFile(p).metadata.num_rows for p in self._committed_parts(name))
+        total = 0
+        for p in self._committed_parts(name):
+            try:
+                total += pq.ParquetFile(p).metadata.num_rows
+            except (pa.ArrowException, OSError) as err:
+                raise self._damaged_part(p, err) from None
+        return total
 
     def read(self, name: str, unit_prefix: str | None = None) -> pd.DataFrame:
         """All committed rows of a table, in unit-key order (deterministic)."""
-        frames = [pq.read_table(p).to_pandas() for p in self._committed_parts(name, unit_prefix)]
+        frames = []
+        for p in self._committed_parts(name, unit_prefix):
+            try:
+                frames.append(pq.read_table(p).to_pandas())
+            except (pa.ArrowException, OSError) as err:
+                raise self._damaged_part(p, err) from None
         if not frames:
             return SCHEMAS[name].empty_table().to_pandas()
         return pd.concat(frames, ignore_index=True)
@@ -251,7 +515,15 @@ class RunStore:
             raise _wrap_os_error(err, self.dir) from None
 
     def read_json(self, filename: str) -> dict[str, Any]:
+        """A JSON object of the run (provenance.json); a damaged file is a StoreError."""
         p = self.dir / filename
         if not p.is_file():
             return {}
-        return json.loads(p.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as err:
+            raise StoreError(f"{p}: not valid JSON ({str(err).splitlines()[0]}); restore it, "
+                             "or delete it (a resumed run writes it again)") from None
+        if not isinstance(data, dict):
+            raise StoreError(f"{p}: expected a JSON object, got {type(data).__name__}")
+        return data

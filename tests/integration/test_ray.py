@@ -186,6 +186,21 @@ def test_a_shard_whose_workers_keep_dying_fails_clearly(ray_cluster):
 
 
 @pytest.mark.slow
+def test_a_cpu_actor_sees_no_gpu(ray_cluster):
+    # Ray >= 2.5x no longer sets CUDA_VISIBLE_DEVICES="" for num_gpus=0 actors (Ray PR 62492):
+    # a CPU pool member would see every GPU of its node unless it hides them itself
+    pool = D.WorkerPool(1, num_gpus=0, num_cpus=1)
+    try:
+        seen = pool.call("visible_devices")
+        assert seen == {"CUDA_VISIBLE_DEVICES": "", "cuda_device_count": 0}
+        victim = pool.actors[0]
+        pool._replace(0, victim)  # a replacement actor is created the same way
+        assert pool.call("visible_devices")["CUDA_VISIBLE_DEVICES"] == ""
+    finally:
+        pool.shutdown()
+
+
+@pytest.mark.slow
 def test_a_model_error_on_a_worker_reaches_the_driver_as_is(ray_cluster):
     bad = small_config().student.model_copy(update={"options": {"tilt": "sideways"}})
     pool = D.WorkerPool(1, num_cpus=1)

@@ -53,6 +53,7 @@ def test_config_mismatch_is_refused_unless_forced(tmp_path):
     a = parse_config({"tree": {"G": 10}})
     b = parse_config({"tree": {"G": 11}})
     RunStore(tmp_path).open_for(a)
+    RunStore(tmp_path).commit("q00000/a-init", {"rollouts": _rows("a", 1)})
     with pytest.raises(StoreError, match="different configuration"):
         RunStore(tmp_path).open_for(b)
     assert RunStore(tmp_path).open_for(b, force=True).tree.G == 11
@@ -62,6 +63,7 @@ def test_adding_a_teacher_keeps_the_run(tmp_path):
     a = parse_config({"teachers": [{"name": "t1", "mode": "self-1c"}]})
     b = parse_config({"teachers": [{"name": "t2", "mode": "self-3c"}]})
     RunStore(tmp_path).open_for(a)
+    RunStore(tmp_path).commit("q00000/a-init", {"rollouts": _rows("a", 1)})
     merged = RunStore(tmp_path).open_for(b)
     assert [t.name for t in merged.teachers] == ["t1", "t2"]
 
@@ -71,7 +73,7 @@ def test_read_only_directory_gives_clear_error(tmp_path):
         # root ignores permission bits; emulate with a path under a regular file instead
         blocker = tmp_path / "file"
         blocker.write_text("x")
-        with pytest.raises(StoreError, match="cannot write|I/O error"):
+        with pytest.raises(StoreError, match="cannot write|I/O error|part of that path is a file"):
             RunStore(blocker / "run").open_for(parse_config({}))
         return
     ro = tmp_path / "ro"

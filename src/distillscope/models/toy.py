@@ -34,6 +34,7 @@ stopped there, which the exact values do not model.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -310,6 +311,25 @@ def _nucleus(p: np.ndarray, top_p: float) -> np.ndarray:
 _MODEL_KEYS = {"tilt", "strength", "demo_strength", "form", "noise", "max_context"}
 
 
+def _check_option_types(opts: Mapping[str, Any], where: str) -> None:
+    """Toy options have fixed types: integers (not booleans) for counts and seeds, numbers for
+    strengths, strings for tilt and form. ModelError naming the option otherwise."""
+    ints = {"seed", "n_states", "vocab", "synonyms", "max_len", "max_context", "n_questions"}
+    nums = {"commit", "strength", "demo_strength", "noise"}
+    for k, v in opts.items():
+        if k in ints and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ModelError(f"{where} option '{k}' must be an integer, got {v!r}")
+        if k in nums and (isinstance(v, bool) or not isinstance(v, (int, float))
+                          or not math.isfinite(v)):
+            raise ModelError(f"{where} option '{k}' must be a finite number, got {v!r}")
+        if k in ("tilt", "form") and not isinstance(v, str):
+            raise ModelError(f"{where} option '{k}' must be a string, got {v!r}")
+    if opts.get("noise", 0) < 0:
+        raise ModelError(f"{where} option 'noise' must be >= 0, got {opts['noise']!r}")
+    if opts.get("max_context", 2) < 2:
+        raise ModelError(f"{where} option 'max_context' must be >= 2, got {opts['max_context']!r}")
+
+
 def load_toy_model(spec: ModelSpec) -> ToyModel:
     """Options (spec.options): world keys of `WorldParams` (seed, n_states, vocab, synonyms,
     commit, max_len) and tilt, strength, demo_strength, form, noise, max_context."""
@@ -318,6 +338,7 @@ def load_toy_model(spec: ModelSpec) -> ToyModel:
     if unknown:
         allowed = sorted(_MODEL_KEYS | set(WorldParams.__dataclass_fields__))
         raise ModelError(f"unknown toy option(s) {sorted(unknown)}; allowed: {allowed}")
+    _check_option_types(opts, "toy model")
     try:
         params = WorldParams.from_options(opts)
     except (TypeError, ValueError) as err:
@@ -325,5 +346,10 @@ def load_toy_model(spec: ModelSpec) -> ToyModel:
     kwargs = {k: opts[k] for k in _MODEL_KEYS if k in opts}
     base = spec.model if spec.model.startswith("toy") else "toy"
     tilt = kwargs.get("tilt", "none")
-    name = f"{base}[tilt={tilt},strength={float(kwargs.get('strength', 1.0)):g}]"
+    # the world options that differ from the defaults are part of the name, so that two toy
+    # models that differ (e.g. in vocab) are told apart in messages
+    world = [f"{k}={v}" for k, v in params.to_dict().items()
+             if k != "seed" and v != getattr(WorldParams(), k)]
+    name = f"{base}[{','.join([*world, f'tilt={tilt}'])},strength=" \
+           f"{float(kwargs.get('strength', 1.0)):g}]"
     return ToyModel(params, name=name, **kwargs)

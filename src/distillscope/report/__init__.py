@@ -3,14 +3,21 @@
     write_report(run_dir) -> RUN_DIR/report/report.html
 
 Everything is computed from the run's tables by `distillscope.analysis`; no model is loaded.
-Files are written atomically (temp file, fsync, rename), so a crash never leaves half a report.
+The report is all or nothing: it is built in a temporary folder beside RUN_DIR/report and
+swapped in when complete, so a kill or a full disk leaves the previous report as it was (files
+the report does not write, put into RUN_DIR/report by hand, are carried over, never deleted).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import json
 import math
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,7 @@ from distillscope.report import plots
 from distillscope.report.data import Run, load_run, path_views
 from distillscope.report.findings import headline_findings
 
-__all__ = ["write_report"]
+__all__ = ["truncated_rollouts", "write_report"]
 
 REPORT_TABLES = ("questions", "paths", "children", "distributions", "nodes")
 
@@ -178,6 +185,15 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
+def truncated_rollouts(store: Any) -> tuple[int, int]:
+    """(rollouts, rollouts that stopped at sampling.max_new_tokens) over the committed
+    rollouts of a RunStore (finish_reason "length")."""
+    ro = store.read("rollouts")
+    if not len(ro):
+        return 0, 0
+    return int(len(ro)), int((ro["finish_reason"] == "length").sum())
+
+
 def run_summary(run: Run) -> dict[str, Any]:
     """What was run, as flat summary.json keys: the resolved config (`config/...`), the
     provenance (`run/...`, `versions/...`) and the rollouts spent (`rollouts/...`)."""
@@ -187,7 +203,7 @@ def run_summary(run: Run) -> dict[str, Any]:
     for key, label in provenance_items(run):
         if key not in ("versions", "teachers", "rollouts"):
             out[f"run/{key.replace(' ', '_').lower()}"] = label
-    out["run/teachers_scored"] = ", ".join(run.teachers)
+    out["run/teachers_scored"] = ", ".join(run.scored_teachers)
     out["run/config_fingerprint"] = p.get("config_fingerprint")
     out["run/platform"] = p.get("platform")
     for k, v in p.items():
@@ -199,6 +215,13 @@ def run_summary(run: Run) -> dict[str, Any]:
             out[f"versions/{k}"] = v
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in out.items()}
+
+
+def _truncated_label(run: Run) -> str:
+    n, k = run.truncated
+    if not n:
+        return "no rollouts"
+    return f"{k / n:.1%} of rollouts stopped at max_new_tokens ({k:,} of {n:,})"
 
 
 def provenance_items(run: Run) -> list[tuple[str, Any]]:
@@ -213,7 +236,7 @@ def provenance_items(run: Run) -> list[tuple[str, Any]]:
         ("config", _first(c.get("name"), p.get("config_name"), p.get("name"), run.run_dir.name)),
         ("git commit", str(commit)[:12] if commit else "unknown"),
         ("student", student or "unknown"),
-        ("teachers", ", ".join(run.teachers) or "none"),
+        ("teachers", ", ".join(run.scored_teachers) or "none"),
         ("estimator", _first((c.get("tree") or {}).get("estimator"), p.get("estimator"),
                              _unique(run.nodes, "estimator")) or "unknown"),
         ("restrict", _first((c.get("scoring") or {}).get("restrict"), p.get("restrict"),
@@ -222,6 +245,7 @@ def provenance_items(run: Run) -> list[tuple[str, Any]]:
         ("rollouts", f"{p['rollouts/total']:,} ({p.get('rollouts/initial', 0):,} initial, "
                      f"{p.get('rollouts/targeted', 0):,} targeted)"
          if isinstance(p.get("rollouts/total"), int) else "unknown"),
+        ("truncated", _truncated_label(run)),
         ("device", _first(p.get("device"), p.get("hardware")) or "unknown"),
         ("python", _first(p.get("python")) or "unknown"),
         ("versions", ver or "unknown"),
@@ -242,9 +266,114 @@ def write_report(
 ) -> Path:
     """Compute the analysis of `run_dir` and write the report into `out_dir` (default
     RUN_DIR/report/): summary.json, tables/<name>.csv and .md, figures/*.png and report.html.
-    Returns the path of report.html. `seed` fixes the bootstrap and permutation draws."""
+    Returns the path of report.html. `seed` fixes the bootstrap and permutation draws.
+
+    All or nothing: the files are written into a temporary folder beside `out_dir`, which
+    replaces `out_dir` once complete. Disk full or a read-only folder: StoreError."""
+    from distillscope.store import (
+        RunStore,
+        StoreError,
+        _wrap_os_error,
+        acquire_lock,
+        release_lock,
+    )
+
     run = load_run(run_dir, REPORT_TABLES)
-    out = Path(out_dir) if out_dir is not None else run.run_dir / "report"
+    run.truncated = truncated_rollouts(RunStore(run.run_dir))
+    final = Path(out_dir) if out_dir is not None else run.run_dir / "report"
+    try:
+        key = acquire_lock(final.parent / f".{final.name}.lock", what="report")
+    except OSError as err:
+        raise _wrap_os_error(err, final.parent) from None
+    try:
+        _remove_stale_builds(final)
+        out = final.parent / f"{_BUILD_PREFIX}{os.getpid()}-{final.name}"
+        try:
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            _build(run, out, seed, method, n_boot, n_perm, max_depth_paths)
+            _swap_in(out, final)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise StoreError(f"disk full while writing the report {final}; the previous "
+                                 "report (if any) is unchanged: free space and run 'distillscope "
+                                 "report' again") from None
+            raise _wrap_os_error(err, final.parent) from None
+        finally:
+            if out.exists():
+                shutil.rmtree(out, ignore_errors=True)
+    finally:
+        release_lock(key)
+    return final / "report.html"
+
+
+_BUILD_PREFIX = ".distillscope-report-"  # + "<pid>-<name>" (a build) or "-old" suffix
+_BUILD_RE = re.compile(r"^\.distillscope-report-(\d+)-(.+?)(-old)?$")
+
+
+def _remove_stale_builds(final: Path) -> None:
+    """Temporary folders of report builds killed before their swap (their pid is gone)."""
+    from distillscope.store import _pid_alive
+
+    if not final.parent.is_dir():
+        return
+    for p in final.parent.iterdir():
+        m = _BUILD_RE.match(p.name)
+        if m and m.group(2) == final.name and p.is_dir() and not _pid_alive(int(m.group(1))):
+            if m.group(3) and not final.exists():
+                with contextlib.suppress(OSError):  # killed mid-swap: put the old one back
+                    p.rename(final)
+                    continue
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _report_files(folder: Path) -> set[Path]:
+    """Files of a finished report folder, relative to it."""
+    return {p.relative_to(folder) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Replace `final` by the complete report folder `new`. Files in the old folder that the
+    new report does not have and that no report writes (a user's notes) are moved across."""
+    if final.is_dir() and not final.is_symlink():
+        ours = _report_files(new)
+        for rel in sorted(_report_files(final) - ours):
+            if not _is_report_file(rel):
+                (new / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(final / rel, new / rel)
+        old = final.parent / f"{_BUILD_PREFIX}{os.getpid()}-{final.name}-old"
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(new, final)
+        shutil.rmtree(old, ignore_errors=True)
+    elif final.exists() or final.is_symlink():
+        from distillscope.store import StoreError
+
+        raise StoreError(f"{final} exists and is not a directory; move it away to write the "
+                         "report there")
+    else:
+        os.replace(new, final)
+    from distillscope.store import _fsync_dir
+
+    _fsync_dir(final.parent)
+
+
+def _is_report_file(rel: Path) -> bool:
+    """Whether a report writes files of this name (an older report's, to be dropped)."""
+    parts = rel.parts
+    if len(parts) == 1:
+        return parts[0] in ("report.html", "summary.json")
+    if len(parts) == 2 and parts[0] == "tables":
+        return rel.suffix in (".csv", ".md")
+    if len(parts) == 2 and parts[0] == "figures":
+        return rel.suffix == ".png"
+    return False
+
+
+def _build(run: Run, out: Path, seed: int, method: str, n_boot: int, n_perm: int,
+           max_depth_paths: int) -> None:
     nodes = run.nodes
     results = analysis.analyze(nodes, method, seed=seed, n_boot=n_boot, n_perm=n_perm)
     summary = analysis.summarize(nodes, results, method)
@@ -253,6 +382,9 @@ def write_report(
     summary["report/method"] = method
     summary["report/n_boot"] = n_boot
     summary["report/n_perm"] = n_perm
+    n_ro, n_trunc = run.truncated
+    summary["rollouts/truncated"] = n_trunc
+    summary["rollouts/truncated_fraction"] = (n_trunc / n_ro) if n_ro else None
 
     # tables
     for name, df in results.items():
@@ -332,9 +464,7 @@ def write_report(
         payload=payload,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
-    html_path = out / "report.html"
-    _atomic_write(html_path, page)
-    return html_path
+    _atomic_write(out / "report.html", page)
 
 
 def _config_text(run: Run) -> str:

@@ -8,7 +8,6 @@ escapes them for its own medium.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ class Run:
     tables: dict[str, pd.DataFrame]
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    truncated: tuple[int, int] = (0, 0)  # (rollouts, stopped at max_new_tokens)
 
     @property
     def nodes(self) -> pd.DataFrame:
@@ -45,46 +45,76 @@ class Run:
         return sorted(t for t in set(names) if t not in NO_TEACHER)
 
     @property
+    def scored_teachers(self) -> list[str]:
+        """Teachers scored in the run: those with rows, and those the provenance records as
+        scored (a teacher may have no decision point at all)."""
+        rec = self.provenance.get("teachers_scored") or []
+        rec = [str(t) for t in rec] if isinstance(rec, list) else []
+        return sorted(set(self.teachers) | set(rec))
+
+    @property
     def methods(self) -> list[str]:
         order = ["gkd", "sampled", "minillm", "drgrpo"]
         present = set(self.nodes["method"])
         return [m for m in order if m in present] + sorted(present - set(order))
 
 
+# Unicode bidirectional controls (embeddings, overrides, isolates, marks): in model or
+# dataset text they would reorder what follows them on screen (a path, a number).
+BIDI_CONTROLS = frozenset([0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
+                           *range(0x2066, 0x206A)])
+
+
 def visible(s: str) -> str:
     """Control characters other than newline and tab -> Unicode control pictures, so model
-    text can neither hide itself nor drive a terminal (ESC) or break a page (NUL)."""
+    text can neither hide itself nor drive a terminal (ESC) or break a page (NUL); bidi
+    controls -> a visible escape such as <U+202E>, so they cannot reorder the display."""
     return "".join(
         chr(0x2400 + ord(c)) if ord(c) < 32 and c not in "\n\t"
         else "\u2421" if c == "\x7f"
         else "\ufffd" if 0x80 <= ord(c) < 0xA0  # C1 controls (CSI and friends)
+        else f"<U+{ord(c):04X}>" if ord(c) in BIDI_CONTROLS
         else c
         for c in s
     )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
+    from distillscope.store import StoreError
+
     if not path.is_file():
         return {}
     import yaml
 
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise StoreError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); restore it "
+                         "from a copy of the run's configuration") from None
     return data if isinstance(data, dict) else {}
 
 
 def load_run(run_dir: str | Path, names: tuple[str, ...] | None = None) -> Run:
     """Read a run directory: tables (all of schemas.py unless `names`), config.yaml and
-    provenance.json when present."""
+    provenance.json when present. A run with a damaged unit (a part that does not match its
+    commit marker) is refused: a report of it would pass a partial run off as complete."""
     from distillscope.schemas import SCHEMAS
+    from distillscope.store import RunStore, StoreError
 
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise FileNotFoundError(f"run directory not found: {run_dir}")
     if not run_dir.is_dir():
         raise NotADirectoryError(f"{run_dir} is a file, not a run directory")
+    store = RunStore(run_dir)
+    damage = store.damage_report()
+    if damage:
+        more = f" (and {len(damage) - 1} more unit(s))" if len(damage) > 1 else ""
+        raise StoreError(f"{run_dir} is damaged, so it is not reported as complete: "
+                         f"{damage[0]}{more}; rerun the command that made the run (the same "
+                         "'distillscope run' or 'score') to recompute it")
     tables = {n: read_table(run_dir, n) for n in (names or tuple(SCHEMAS))}
-    prov_path = run_dir / "provenance.json"
-    prov = json.loads(prov_path.read_text(encoding="utf-8")) if prov_path.is_file() else {}
+    prov = store.read_json("provenance.json")
     return Run(run_dir, tables, _read_yaml(run_dir / "config.yaml"), prov)
 
 

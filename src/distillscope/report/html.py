@@ -155,10 +155,10 @@ def path_payload(view: PathView, teachers: Sequence[str], methods: Sequence[str]
     nodes = []
     for d, nv in view.nodes.items():
         align = [nv.align.get((t, m), math.nan) for t in teachers for m in methods]
-        kids = [[c.token_text, c.p_hat, c.visits, c.p_student,
+        kids = [[visible(c.token_text), c.p_hat, c.visits, c.p_student,
                  [c.p_teacher.get(t, math.nan) for t in teachers], c.on_path]
                 for c in nv.children]
-        tok = view.tokens[d] if d < len(view.tokens) else ""
+        tok = visible(view.tokens[d]) if d < len(view.tokens) else ""
         nodes.append([d, nv.sr_range, nv.visits, nv.n_children, align, kids, tok])
     return {"n": nodes}
 

@@ -53,5 +53,9 @@ def select(questions: Sequence[Question], spec: TaskSpec) -> list[Question]:
             raise TaskError(f"task '{spec.name}': question '{q.qid}' has no answer")
     ids = [q.qid for q in qs]
     if len(set(ids)) != len(ids):
-        raise TaskError(f"task '{spec.name}': question ids are not unique")
+        seen: set[str] = set()
+        dup = [i for i in ids if i in seen or seen.add(i)]
+        raise TaskError(f"task '{spec.name}': question ids are not unique: '{dup[0]}' appears "
+                        f"{ids.count(dup[0])} times"
+                        + (f" ({len(set(dup))} repeated ids in all)" if len(set(dup)) > 1 else ""))
     return qs

@@ -43,17 +43,24 @@ def read_records(path: str | Path) -> list[Record]:
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
         rows: list[Record] = []
-        with p.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise TaskError(f"{p}: line {lineno} is not valid JSON ({err.msg})") from None
-                if not isinstance(row, dict):
-                    raise TaskError(f"{p}: line {lineno} is not a JSON object")
-                rows.append(row)
+        try:
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = p.read_bytes()[: err.start].count(b"\n") + 1
+            raise TaskError(f"{p}: line {line} is not valid UTF-8 (byte {err.start}: "
+                            f"{err.reason}); save the file as UTF-8") from None
+        except OSError as err:
+            raise TaskError(f"{p}: cannot read the file ({err.strerror})") from None
+        for lineno, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskError(f"{p}: line {lineno} is not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise TaskError(f"{p}: line {lineno} is not a JSON object")
+            rows.append(row)
     elif suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 

@@ -47,7 +47,14 @@ class ToyTask:
                 f"task 'toy': unknown option(s) {sorted(unknown)}; "
                 f"allowed: {sorted(_TASK_KEYS | fields)}"
             )
-        n = int(opts.get("n_questions", 8))
+        for k, v in opts.items():
+            if k != "commit" and (isinstance(v, bool) or not isinstance(v, int)):
+                raise TaskError(f"task 'toy': option '{k}' must be an integer, got {v!r}")
+        if isinstance(opts.get("commit", 0.0), bool) or not isinstance(
+                opts.get("commit", 0.0), (int, float)):
+            raise TaskError(f"task 'toy': option 'commit' must be a number, got "
+                            f"{opts['commit']!r}")
+        n = opts.get("n_questions", 8)
         if n < 1:
             raise TaskError("task 'toy': option 'n_questions' must be >= 1")
         try:

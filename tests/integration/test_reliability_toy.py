@@ -1,0 +1,118 @@
+"""Regression tests for issue #16 that need a real (toy) run through the CLI: a damaged table is
+recomputed on resume to the same bytes, a failed start does not poison --out, other people's
+files survive, truncated rollouts are reported, and a received run cannot turn on
+trust_remote_code by itself."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from distillscope.cli import app
+from distillscope.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY = ROOT / "configs" / "toy.yaml"
+runner = CliRunner(env={"COLUMNS": "300"})
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def parquet_bytes(run: Path) -> dict[str, bytes]:
+    files = [run / "demos.parquet", *sorted((run / "tables").rglob("*.parquet"))]
+    return {str(p.relative_to(run)): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """A 2-question toy config with one external and one self-* teacher."""
+    cfg = load_config(TOY, {"task.options.n_questions": 2, "tree.G": 40, "tree.n_min": 30})
+    keep = {"helpful", "self-1c"}
+    cfg = cfg.model_copy(update={"teachers": [t for t in cfg.teachers if t.name in keep]})
+    path = tmp_path_factory.mktemp("cfg") / "small.yaml"
+    path.write_text(cfg.to_yaml())
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(small, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    res = invoke("run", small, "--out", out, "--no-report")
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_part_is_recomputed_on_resume_to_the_same_bytes(small, reference, tmp_path,
+                                                                   damage):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    part = run / "tables" / "rollouts" / "q00000__a-init.parquet"
+    if damage == "truncate":
+        part.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    else:
+        part.unlink()
+    res = invoke("report", run)  # refused, naming the unit: not a partial run passed as whole
+    assert res.exit_code == 2 and "q00000/a-init" in res.output and "damaged" in res.output
+    res = invoke("run", small, "--out", run, "--no-report")
+    assert res.exit_code == 0, res.output
+    assert "warning: unit 'q00000/a-init'" in res.output and "will be recomputed" in res.output
+    assert "computed after 'q00000/a-init'" in res.output  # its question's later units too
+    assert "nothing recomputed" not in res.output
+    assert parquet_bytes(run) == parquet_bytes(reference)
+    assert invoke("report", run).exit_code == 0
+
+
+def test_out_keeps_files_the_tool_did_not_write(small, tmp_path):
+    d = tmp_path / "d"
+    (d / "p").mkdir(parents=True)
+    (d / "p" / ".draft.tmp").write_text("x")
+    (d / ".notes.tmp").write_text("y")
+    res = invoke("run", small, "--out", d, "--no-report")
+    assert res.exit_code == 0, res.output
+    res = invoke("run", small, "--out", d, "--set", "tree.G=41")  # refused: another config
+    assert res.exit_code == 2 and "different configuration" in res.output
+    assert (d / "p" / ".draft.tmp").read_text() == "x" and (d / ".notes.tmp").read_text() == "y"
+
+
+def test_a_failed_start_does_not_poison_out(small, tmp_path):
+    out = tmp_path / "run"
+    res = invoke("run", small, "--out", out, "--set", "task.name=custom",
+                 "--set", f"task.path={tmp_path / 'typo.jsonl'}", "--set", "task.verifier=yesno")
+    assert res.exit_code == 2 and "question file not found" in res.output
+    res = invoke("run", small, "--out", out, "--no-report")  # the corrected config
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["task"]["name"] == "toy"
+
+
+def test_mostly_truncated_rollouts_are_reported(small, tmp_path):
+    out = tmp_path / "run"
+    res = invoke("run", small, "--out", out, "--set", "sampling.max_new_tokens=4")
+    assert res.exit_code == 0, res.output
+    assert "stopped at sampling.max_new_tokens" in res.output
+    summary = json.loads((out / "report" / "summary.json").read_text())
+    assert summary["rollouts/truncated_fraction"] > 0.3
+    assert summary["rollouts/truncated"] > 0
+    page = (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert "of rollouts stopped at max_new_tokens" in page
+
+
+def test_a_received_run_cannot_turn_on_remote_code(reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["teachers"][0]["model"]["trust_remote_code"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = invoke("score", run, "--teacher", "helpful", "--no-report")
+    assert res.exit_code == 2, res.output
+    assert "trust_remote_code for teacher 'helpful'" in res.output
+    assert "--trust-remote-code" in res.output
+    res = invoke("score", run, "--teacher", "helpful", "--no-report", "--trust-remote-code")
+    assert res.exit_code == 0, res.output
