@@ -445,6 +445,12 @@ class VLLMModel(ChatTokenizerMixin):
             self._scorer = scorer
         return self._scorer
 
+    def close(self) -> None:
+        """Stop the engine's processes now (they also stop with this process)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()
+
     def _sampling_params(self, r: SampleRequest, params: SamplingParams, greedy: bool) -> Any:
         return self._vllm.SamplingParams(
             n=1 if greedy else r.n,
