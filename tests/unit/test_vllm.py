@@ -34,6 +34,10 @@ GENCONFIG_EOS = 3  # generation_config.json's extra EOS: vLLM adds it to stop_to
 STOP_TEXT_TOKEN = 4  # the fake model's token that "writes" a stop string
 
 
+ENGINE_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE",
+               "VLLM_ENABLE_V1_MULTIPROCESSING")
+
+
 class FakeSamplingParams:
     """vllm.SamplingParams: keyword arguments with vLLM's names and defaults, vLLM's checks
     (a wrong name is a TypeError, as with the real msgspec struct)."""
@@ -165,6 +169,7 @@ class FakeLLM:
         enable_chunked_prefill: bool | None = None,
         max_num_batched_tokens: int | None = None,
         max_num_seqs: int | None = None,
+        distributed_executor_backend: str | None = None,
     ) -> None:
         if dtype not in ("auto", "half", "float16", "bfloat16", "float", "float32"):
             raise ValueError(f"Unknown dtype: {dtype}")
@@ -174,7 +179,7 @@ class FakeLLM:
             {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         )
         FakeLLM.env.append(
-            {k: os.environ.get(k) for k in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE")}
+            {k: os.environ.get(k) for k in ENGINE_VARS}
         )
         self.llm_engine = SimpleNamespace(model_config=FakeModelConfig())
         self.asked: dict[str, Any] = {}
@@ -304,7 +309,7 @@ def fake_engine(monkeypatch):
     cfg = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                           hidden_size=576, max_position_embeddings=8192)
     monkeypatch.setattr(vllm_backend, "_text_config", lambda source, trust: cfg)
-    for var in ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE"):
+    for var in ENGINE_VARS:
         monkeypatch.delenv(var, raising=False)
 
     def load(spec: ModelSpec, device: str = "cuda") -> vllm_backend.VLLMModel:
@@ -339,6 +344,7 @@ def test_load_passes_engine_arguments_by_their_vllm_names(fake_engine):
         "enable_chunked_prefill": None,
         "max_num_batched_tokens": None,
         "max_num_seqs": None,
+        "distributed_executor_backend": None,
     }
     assert (model.max_context, model.vocab_size) == (64, 10)  # read back from the engine
     assert model.eos_token_ids == (TOKENIZER_EOS, GENCONFIG_EOS)
@@ -362,7 +368,10 @@ def test_cpu_engine_is_eager_float32_unchunked_with_a_sized_kv_cache(fake_engine
     per_token = 30 * 2 * 3 * 64 * 4
     assert made["kv_cache_memory_bytes"] == per_token * 8192 * vllm_backend.KV_SEQUENCES
     cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    assert FakeLLM.env[0] == {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": None}
+    assert FakeLLM.env[0] == {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": None,
+                              "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    # the engine core in this process, so that a SIGKILLed run leaves no engine behind
+    assert made["distributed_executor_backend"] == "mp"
     assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # set for the engine start only
     assert model.device == "cpu"
 
@@ -378,12 +387,14 @@ def test_cpu_engine_options_and_the_environment(fake_engine, monkeypatch):
     assert (made["enforce_eager"], made["max_num_seqs"], made["max_model_len"]) == (
         False, 64, 4096)
     # the option wins over both variables (VLLM_CPU_KVCACHE_SPACE would override it in vLLM)
-    assert FakeLLM.env[-1] == {"VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_CPU_KVCACHE_SPACE": None}
+    assert FakeLLM.env[-1] == {"VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_CPU_KVCACHE_SPACE": None,
+                               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "9"  # restored
     # without options the environment's variables are left to vLLM
     fake_engine(ModelSpec(backend="vllm", model="m"), "cpu")
     assert FakeLLM.env[-1] == {"VLLM_CPU_OMP_THREADS_BIND": "nobind",
-                               "VLLM_CPU_KVCACHE_SPACE": "9"}
+                               "VLLM_CPU_KVCACHE_SPACE": "9",
+                               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     assert FakeLLM.made[-1]["kv_cache_memory_bytes"] is None
     # a huge context is clamped to a few GiB
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")

@@ -36,6 +36,8 @@ def test_engine_runs_on_the_cpu_in_float32_eager_with_a_sized_kv_cache(engine):
     assert kv is not None and kv <= vllm_backend.KV_MAX_BYTES
     assert vllm_backend.installed_version() == vllm.__version__
     assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # set for the engine start only
+    # the engine core in this process, the model in a worker that exits with it
+    assert cfg.parallel_config.distributed_executor_backend == "mp"
 
 
 def test_same_seed_same_tokens_and_a_group_alone_equals_batched(engine, prompt):
@@ -103,7 +105,7 @@ def test_scoring_is_the_hf_scorer_of_the_same_weights(engine, hf_model, prompt):
     assert got.shape == (len(resp), engine.vocab_size)
     assert torch.equal(got, want)
     small = torch.cat(list(engine.logprob_chunks(list(prompt), resp, chunk_size=7)))
-    assert torch.allclose(small, want, atol=1e-5, rtol=0)
+    assert torch.allclose(small, want, atol=1e-4, rtol=1e-5)  # other matmul shapes
     scorer = engine.scorer
     assert scorer.name.startswith("hf:") and scorer.device == "cpu"
     assert scorer.tokenizer_fingerprint() == engine.tokenizer_fingerprint()

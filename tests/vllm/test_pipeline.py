@@ -6,6 +6,7 @@ committed before the kill are kept as they were."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,11 +45,15 @@ def done_units(out: Path) -> list[Path]:
 
 
 def alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Some process of this group still runs (zombies, awaiting their reaper, do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
@@ -86,7 +91,8 @@ def resumed_run(tmp_path_factory):
             orphans = alive(proc.pid)
         finally:
             if alive(proc.pid):
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
         assert not orphans, "vLLM engine processes outlived the killed run"
         assert kept, "nothing was committed before the kill"
         again = subprocess.run(cli(out), stdout=sink, stderr=subprocess.STDOUT,

@@ -36,6 +36,10 @@ The engine (`load_vllm_model`), by platform (vLLM's own: a CPU build runs on the
   processes read it then) from the option `omp_threads_bind`, else the variable already in
   the environment, else every core this process may run on (vLLM's own "auto" leaves one
   core of two idle). An explicit `kv_cache_gib` likewise wins over VLLM_CPU_KVCACHE_SPACE.
+  The engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 while the engine
+  starts) and the model in one worker process (executor "mp"): vLLM's default engine-core
+  process outlives a SIGKILLed parent, while the worker exits with it, so a killed run
+  leaves nothing behind for its resume.
 * CUDA: vLLM's defaults (compiled, chunked prefill), KV sized by `gpu_memory_utilization`
   (0.85) unless `kv_cache_gib` is given. The hf scorer shares the GPU: lower
   `gpu_memory_utilization` when the scored model is large.
@@ -291,6 +295,13 @@ def engine_arguments(
             env["VLLM_CPU_OMP_THREADS_BIND"] = str(bind)
         elif not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
             env["VLLM_CPU_OMP_THREADS_BIND"] = _all_cores(tp)
+    if cpu:
+        # The engine core in this process, the model in one worker process ("mp": vLLM's CPU
+        # backend binds OpenMP threads there). vLLM's own default puts the engine core in a
+        # process of its own that outlives a SIGKILLed parent; the worker watches a pipe to
+        # this process and exits with it.
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        kw["distributed_executor_backend"] = "mp"
     if batched is not None:
         kw["max_num_batched_tokens"] = batched
     seqs = _option(opts, "max_num_seqs", int)
