@@ -87,7 +87,10 @@ __all__ = [
     "scoring_spec",
 ]
 
-INSTALL_HINT = "the vllm backend needs vLLM: pip install 'distillscope[vllm]'"
+INSTALL_HINT = (
+    "the vllm backend needs vLLM: pip install 'distillscope[vllm]' "
+    "(CPU build: make venv-vllm)"
+)
 
 OPTIONS: dict[str, str] = {
     "cache_dir": "folder for the embedded model's converted weights (~/.cache/distillscope)",
