@@ -309,6 +309,7 @@ def fake_engine(monkeypatch):
     cfg = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                           hidden_size=576, max_position_embeddings=8192)
     monkeypatch.setattr(vllm_backend, "_text_config", lambda source, trust: cfg)
+    monkeypatch.setattr(vllm_backend, "_available_memory", lambda: 64 << 30)
     for var in ENGINE_VARS:
         monkeypatch.delenv(var, raising=False)
 
@@ -400,6 +401,14 @@ def test_cpu_engine_options_and_the_environment(fake_engine, monkeypatch):
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
     fake_engine(ModelSpec(backend="vllm", model="m", options={"max_context": 10**6}), "cpu")
     assert FakeLLM.made[-1]["kv_cache_memory_bytes"] == vllm_backend.KV_MAX_BYTES
+    # and to a quarter of the free memory, not below a floor
+    monkeypatch.setattr(vllm_backend, "_available_memory", lambda: 2 << 30)
+    fake_engine(ModelSpec(backend="vllm", model="m"), "cpu")
+    assert FakeLLM.made[-1]["kv_cache_memory_bytes"] == 1 << 29
+    monkeypatch.setattr(vllm_backend, "_available_memory", lambda: 1 << 20)
+    fake_engine(ModelSpec(backend="vllm", model="m"), "cpu")
+    assert FakeLLM.made[-1]["kv_cache_memory_bytes"] == vllm_backend.KV_MIN_BYTES
+    assert vllm_backend._available_memory() is None or vllm_backend._available_memory() > 0
 
 
 def test_user_errors_are_one_line_model_errors(fake_engine):

