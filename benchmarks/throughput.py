@@ -7,6 +7,12 @@ tokens per second (wall clock, prefill included, graph capture included) for
 * ours          `HFModel.sample`, cascade attention (prefix KV once per group)
 * ours-copies   `HFModel.sample`, one prefix KV copy per sample (`cascade: false`)
 * generate      `model.generate(do_sample=True, num_return_sequences=n, top_k=0)`
+* vllm          the vllm backend's engine (`load_vllm_model`: on CPU eager float32, no chunked
+                prefill), one request per group with `SamplingParams(n, seed, ignore_eos)`;
+                embedded SmolLM2 only. `--vllm-bind all,auto` times one engine per OpenMP
+                binding (all = every core, this backend's default; auto = vLLM's own, which
+                leaves one core of two idle), each as its own method `vllm[BIND]`, and prints
+                each engine's load time
 
 and ours as a fraction of a floor: per decode step the weights are read once and the KV
 cache once (each group's prefix once, each sample's suffix), FLOPs = 2 x params x batch +
@@ -17,6 +23,7 @@ counting bytes read + written; a large matrix product in the model's dtype).
     python benchmarks/throughput.py                                   # CPU, embedded SmolLM2
     python benchmarks/throughput.py --device cuda --arch qwen3-0.6b --arch qwen3-1.7b
     python benchmarks/throughput.py --device cuda --check             # correctness first
+    .venv-vllm/bin/python benchmarks/throughput.py --methods ours,vllm,generate --vllm-bind all,auto
 
 `--arch qwen3-*` builds a random-initialised Qwen3 from the hand-written configs below (no hub
 access). `--check` runs correctness checks on the device before timing (greedy equals
@@ -242,6 +249,40 @@ def run_generate(model, shape: Shape, reps: int = 1) -> float:
     return shape.groups * shape.n * S / secs
 
 
+def load_vllm(bind: str) -> tuple[Any, float]:
+    """The vllm backend's engine on the embedded model with this OpenMP binding, and its load
+    seconds (engine start, weights, KV cache; the converted checkpoint already cached)."""
+    from distillscope.config import ModelSpec
+    from distillscope.models.embedded import resolve_embedded
+    from distillscope.models.vllm import load_vllm_model
+
+    resolve_embedded("embedded:smollm2-135m")  # the one-time conversion is not load time
+    opts = {} if bind == "all" else {"omp_threads_bind": bind}
+    t = time.perf_counter()
+    model = load_vllm_model(ModelSpec(backend="vllm", options=opts))
+    return model, time.perf_counter() - t
+
+
+def run_vllm(model: Any, shape: Shape, reps: int = 1) -> float:
+    vllm = model._vllm
+    prompts = [{"prompt_token_ids": p} for p in prefixes(shape, 30000)]
+    sampling = [
+        vllm.SamplingParams(n=shape.n, seed=i, temperature=1.0, top_p=1.0,
+                            max_tokens=shape.new, ignore_eos=True)
+        for i in range(shape.groups)
+    ]
+
+    def go():
+        outs = model.llm.generate(prompts, sampling_params=sampling, use_tqdm=False)
+        got = sum(len(o.token_ids) for r in outs for o in r.outputs)
+        assert got == shape.groups * shape.n * shape.new, got
+
+    # one warm-up call; prefix caching off between reps would be fairer, but the prompts are
+    # the same in every method's reps (ours re-prefills; vLLM may reuse cached prefix blocks)
+    return shape.groups * shape.n * shape.new / timed(go, torch.device("cpu"), reps,
+                                                       label=f"vllm[{model._bind}]")
+
+
 def free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -390,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, help="torch intra-op threads (CPU)")
     ap.add_argument("--repeats", type=int, default=2, help="timed runs (best reported)")
     ap.add_argument("--profile", action="store_true", help="top kernels of one eager run")
+    ap.add_argument("--vllm-bind", default="all",
+                    help="method vllm: comma-separated OpenMP bindings, one engine each: all "
+                    "(every core, the backend's default), auto (vLLM's), or a core list")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -398,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     archs = args.arch or ["smollm2"]
     shapes = [Shape.parse(s) for s in (args.shape or DEFAULT_SHAPES[device.type])]
     methods = args.methods.split(",")
+    if "vllm" in methods:
+        binds = args.vllm_bind.split(",")
+        at = methods.index("vllm")
+        methods[at : at + 1] = [f"vllm[{b}]" for b in binds]
     print(f"torch {torch.__version__}, device {device}", end="")
     if device.type == "cuda":
         print(f" ({torch.cuda.get_device_name(device)})", end="")
@@ -418,12 +466,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.profile:
             profile(model, tok, shapes[0])
+        engines: dict[str, Any] = {}
+        if arch == "smollm2":
+            for method in methods:
+                if method.startswith("vllm["):
+                    bind = method[5:-1]
+                    engine, secs = load_vllm(bind)
+                    engine._bind = bind
+                    engines[method] = engine
+                    print(f"  vllm engine, binding {bind}: loaded in {secs:.1f}s", flush=True)
+                    rows.append(dict(arch=arch, shape="load", method=method, tok_s=float("nan"),
+                                     vs_generate=float("nan"), floor_tok_s=float("nan"),
+                                     of_floor=float("nan"), load_s=secs))
         for shape in shapes:
             floor = shape.groups * shape.n * shape.new / floor_seconds(model, shape, bw, peak)
             res: dict[str, float] = {}
             for method in methods:
                 try:
-                    if method == "generate":
+                    if method.startswith("vllm["):
+                        if method not in engines:
+                            print(f"  {method}: embedded smollm2 only, skipped")
+                            continue
+                        res[method] = run_vllm(engines[method], shape, args.repeats)
+                        stats = {}
+                    elif method == "generate":
                         res[method] = run_generate(model, shape, args.repeats)
                         stats: dict = {}
                     else:
@@ -450,12 +516,17 @@ def main(argv: list[str] | None = None) -> int:
                         of_floor=tps / floor,
                     )
                 )
-        del model
+        for engine in engines.values():
+            engine.close()
+        del model, engines
         free(device)
 
     print("\n| arch | shape | method | tok/s | x generate | floor tok/s | of floor |")
     print("|---|---|---|---:|---:|---:|---:|")
     for r in rows:
+        if r["shape"] == "load":
+            print(f"| {r['arch']} | engine load | {r['method']} | {r['load_s']:.1f} s | | | |")
+            continue
         print(
             f"| {r['arch']} | {r['shape']} | {r['method']} | {r['tok_s']:,.0f} | "
             f"{r['vs_generate']:.2f} | {r['floor_tok_s']:,.0f} | {r['of_floor']:.1%} |"

