@@ -135,13 +135,24 @@ def score(
                                        + ", ".join(TEACHER_MODES) + "."),
     model: Optional[str] = typer.Option(None, help="Model id/path (needed by --mode external)."),
     backend: str = typer.Option("hf", help="Backend of --model: hf, vllm or toy."),
+    source: Optional[str] = typer.Option(None, help="Model that writes the demonstration "
+                                         "(needed by --mode self-1c-src)."),
+    source_backend: str = typer.Option("hf", help="Backend of --source: hf, vllm or toy."),
+    rollouts: bool = typer.Option(True, "--rollouts/--no-rollouts", help="Enrich the new "
+                                  "teacher's own top tokens with targeted rollouts, as a run "
+                                  "with it from the start would (default); --no-rollouts "
+                                  "scores it on the tree as it is (borrowed enrichment)."),
     report: bool = typer.Option(True, help="Rewrite RUN_DIR/report/ when done."),
     threads: Optional[int] = THREADS_OPT,
     wait: bool = WAIT_OPT,
     trust_remote_code: bool = TRUST_OPT,
 ) -> None:
-    """Add a teacher to a run using the stored tree: no new rollouts.
+    """Add a teacher to a finished run.
 
+    By default the teacher's own top tokens (per depth window, as in the run) get targeted
+    rollouts first, reusing every rollout already in the tree; where the tree grows, every
+    teacher is rescored there, so all scores stand on the same tree. --no-rollouts samples
+    nothing and scores the teacher on the tree enriched for the others (the report says so).
     Appends the teacher's rows to RUN_DIR/tables/nodes and /distributions and (unless
     --no-report) rewrites RUN_DIR/report/. A teacher that is already scored is kept as is."""
     from distillscope import pipeline
@@ -163,7 +174,7 @@ def score(
                 raise ConfigError(f"teacher '{teacher}' is not in {run_path}; give --mode "
                                   f"({', '.join(TEACHER_MODES)}) and --model for an external "
                                   "teacher")
-            spec = _teacher_spec(teacher, mode, model, backend)
+            spec = _teacher_spec(teacher, mode, model, backend, source, source_backend)
             cfg = cfg.model_copy(update={"teachers": [*cfg.teachers, spec]})
         elif mode is not None or model is not None:
             # a name already in the run means that teacher: another mode or model is refused
@@ -181,15 +192,31 @@ def score(
         _say_damage(run_path)
         before = _state(run_path)
         already = teacher in before[1].get("teachers_scored", [])
-        pipeline.run(cfg, run_path, reporter=_reporter(), teachers_only=[teacher],
-                     no_new_rollouts=True)
-        if already and _state(run_path)[0] == before[0]:
+        n_before = store.count_rows("rollouts")
+        regrown = int(before[1].get("questions_regrown", 0))
+        own = before[1].get("enrichment", {}).get(teacher) == "own"
+        if rollouts and not (already and own):
+            pipeline.run(cfg, run_path, reporter=_reporter(), enrich=[teacher])
+        elif rollouts:
+            pipeline.run(cfg, run_path, reporter=_reporter())  # resume only: nothing to enrich
+        else:
+            pipeline.run(cfg, run_path, reporter=_reporter(), teachers_only=[teacher],
+                         no_new_rollouts=True)
+        after = _state(run_path)
+        new = RunStore(run_path).count_rows("rollouts") - n_before
+        if already and after[0] == before[0]:
             console.print(f"teacher '{teacher}' was already scored in {run_path}: nothing was "
                           "recomputed", highlight=False, markup=False)
-        else:
+        elif not rollouts:
             console.print(f"scored teacher '{teacher}' on the stored tree of {run_path}; "
-                          f"no new rollouts (run total {_rollouts(_state(run_path)[1])})",
-                          highlight=False, markup=False)
+                          f"no new rollouts, its own top tokens not enriched (run total "
+                          f"{_rollouts(after[1])})", highlight=False, markup=False)
+        else:
+            grown = int(after[1].get("questions_regrown", 0)) - regrown
+            console.print(f"scored teacher '{teacher}' in {run_path}: {new:,} targeted "
+                          f"rollout(s) at its own top tokens; {grown} question(s) whose tree "
+                          f"grew were rescored for every teacher (run total "
+                          f"{_rollouts(after[1])})", highlight=False, markup=False)
         if report:
             _print_ranking(_write_report(run_path), run_path)
 

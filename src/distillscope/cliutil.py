@@ -127,17 +127,21 @@ def _check_run_dir(run_dir: Path | str) -> Path:
     return run_dir
 
 
-def _teacher_spec(teacher: str, mode: str, model: Optional[str], backend: str) -> TeacherSpec:
+def _teacher_spec(teacher: str, mode: str, model: Optional[str], backend: str,
+                  source: Optional[str] = None, source_backend: str = "hf") -> TeacherSpec:
     from pydantic import ValidationError
 
     try:
         return TeacherSpec(name=teacher, mode=mode,  # type: ignore[arg-type]
-                           model=ModelSpec(backend=backend, model=model) if model else None)
+                           model=ModelSpec(backend=backend, model=model) if model else None,
+                           source=(ModelSpec(backend=source_backend, model=source)
+                                   if source else None))
     except ValidationError as err:
         msgs = []
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"])
-            opt = {"mode": "--mode", "model": "--model", "model.backend": "--backend"}.get(loc)
+            opt = {"mode": "--mode", "model": "--model", "model.backend": "--backend",
+                   "source": "--source", "source.backend": "--source-backend"}.get(loc)
             msg = str(e["msg"]).removeprefix("Value error, ")
             msgs.append(f"{opt}: {msg}" if opt else msg)
         text = "; ".join(msgs)

@@ -56,7 +56,7 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
     _check_questions(rt)
     if config.screen.select:
         _select_by_screening(rt, models)
-    if no_new_rollouts:
+    if no_new_rollouts or enrich:
         missing = [q.qid for q in rt.questions
                    if not store.is_done(f"{question_key(rt, q)}/z-children")]
         if missing:

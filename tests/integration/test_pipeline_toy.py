@@ -130,9 +130,9 @@ def test_rerun_is_a_no_op_and_score_adds_a_teacher(tmp_path):
     res = runner.invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(out), "--no-report"])
     assert res.exit_code == 0, res.output
     pd.testing.assert_frame_equal(RunStore(out).read("rollouts"), ro)
-    # add a teacher afterwards: no new rollouts, new nodes for it
+    # add a teacher afterwards with --no-rollouts: no new rollouts, new nodes for it
     res = runner.invoke(app, ["score", str(out), "--teacher", "demo", "--mode", "self-1c",
-                              "--no-report"])
+                              "--no-rollouts", "--no-report"])
     assert res.exit_code == 0, res.output
     after = RunStore(out)
     pd.testing.assert_frame_equal(after.read("rollouts"), ro)
@@ -141,6 +141,19 @@ def test_rerun_is_a_no_op_and_score_adds_a_teacher(tmp_path):
     pd.testing.assert_frame_equal(
         nodes[nodes.teacher != "demo"].reset_index(drop=True), before)
     assert [t.name for t in after.load_config().teachers] == ["helpful", "demo"]
+    assert after.read_json("provenance.json")["enrichment"] == {"demo": "borrowed",
+                                                                "helpful": "own"}
+    # the default enriches the new teacher's own top tokens first
+    res = runner.invoke(app, ["score", str(out), "--teacher", "harm", "--mode", "external",
+                              "--model", "toy", "--backend", "toy", "--no-report"])
+    assert res.exit_code == 0, res.output
+    assert "targeted rollout(s) at its own top tokens" in " ".join(res.output.split())
+    grown = RunStore(out)
+    assert grown.read_json("provenance.json")["enrichment"]["harm"] == "own"
+    assert set(grown.read("nodes").teacher) == {"helpful", "demo", "harm", ""}
+    # asking again changes nothing
+    res = runner.invoke(app, ["score", str(out), "--teacher", "harm", "--no-report"])
+    assert res.exit_code == 0 and "nothing was recomputed" in " ".join(res.output.split())
 
 
 def test_cli_refuses_a_different_config_and_names_bad_fields(tmp_path):
@@ -311,3 +324,20 @@ def test_a_teacher_added_later_gets_its_own_tokens(tmp_path):
     run(full, tmp_path / "later", enrich=["irrelevant", "self-1c"])
     assert RunStore(tmp_path / "later").count_rows("rollouts") == rows
     assert set(RunStore(tmp_path / "later").done_units()) == units
+
+
+def test_score_adds_a_teacher_whose_demo_comes_from_another_source(tmp_path):
+    """`score --mode self-1c-src --source M` (it used to fail: "needs a 'source' model")."""
+    runner = CliRunner()
+    cfg = toy_config(**{"task.options.n_questions": 2, "tree.G": 60, "tree.n_min": 20})
+    cfg = cfg.model_copy(update={"teachers": [t for t in cfg.teachers if t.name == "helpful"]})
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    out = tmp_path / "run"
+    assert runner.invoke(app, ["run", str(tmp_path / "c.yaml"), "--out", str(out),
+                               "--no-report"]).exit_code == 0
+    res = runner.invoke(app, ["score", str(out), "--teacher", "src", "--mode", "self-1c-src",
+                              "--source", "toy", "--source-backend", "toy", "--no-report"])
+    assert res.exit_code == 0, res.output
+    spec = {t.name: t for t in RunStore(out).load_config().teachers}["src"]
+    assert spec.source is not None and (spec.source.backend, spec.source.model) == ("toy", "toy")
+    assert "src" in set(RunStore(out).read("nodes").teacher)
