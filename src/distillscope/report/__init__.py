@@ -28,6 +28,7 @@ from distillscope.report import html as H
 from distillscope.report import plots
 from distillscope.report.data import Run, load_run, path_views
 from distillscope.report.findings import headline_findings
+from distillscope.report.header import provenance_items, truncated_rollouts
 
 __all__ = ["truncated_rollouts", "write_report"]
 
@@ -154,20 +155,6 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _first(*values: Any) -> Any:
-    for v in values:
-        if v not in (None, "", {}, []):
-            return v
-    return None
-
-
-def _unique(nodes: pd.DataFrame, col: str) -> str | None:
-    if col not in nodes or nodes.empty:
-        return None
-    vals = sorted(str(v) for v in set(nodes[col].dropna()))
-    return ", ".join(vals) if vals else None
-
-
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     """Nested config -> flat slash keys; a list of named mappings (teachers) is keyed by
     name, any other list is kept as a JSON string."""
@@ -183,15 +170,6 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
             out[prefix] = json.dumps(value, default=str)
     else:
         out[prefix] = value
-
-
-def truncated_rollouts(store: Any) -> tuple[int, int]:
-    """(rollouts, rollouts that stopped at sampling.max_new_tokens) over the committed
-    rollouts of a RunStore (finish_reason "length")."""
-    ro = store.read("rollouts")
-    if not len(ro):
-        return 0, 0
-    return int(len(ro)), int((ro["finish_reason"] == "length").sum())
 
 
 def run_summary(run: Run) -> dict[str, Any]:
@@ -215,42 +193,6 @@ def run_summary(run: Run) -> dict[str, Any]:
             out[f"versions/{k}"] = v
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in out.items()}
-
-
-def _truncated_label(run: Run) -> str:
-    n, k = run.truncated
-    if not n:
-        return "no rollouts"
-    return f"{k / n:.1%} of rollouts stopped at max_new_tokens ({k:,} of {n:,})"
-
-
-def provenance_items(run: Run) -> list[tuple[str, Any]]:
-    p, c = run.provenance, run.config
-    versions = p.get("versions") or p.get("packages") or {}
-    ver = ", ".join(f"{k} {v}" for k, v in versions.items() if v not in (None, "absent")) \
-        if isinstance(versions, dict) else str(versions)
-    commit = _first(p.get("git_commit"), (p.get("git") or {}).get("commit")
-                    if isinstance(p.get("git"), dict) else p.get("git"), p.get("commit"))
-    student = _first(p.get("student"), (c.get("student") or {}).get("model"))
-    items = [
-        ("config", _first(c.get("name"), p.get("config_name"), p.get("name"), run.run_dir.name)),
-        ("git commit", str(commit)[:12] if commit else "unknown"),
-        ("student", student or "unknown"),
-        ("teachers", ", ".join(run.scored_teachers) or "none"),
-        ("estimator", _first((c.get("tree") or {}).get("estimator"), p.get("estimator"),
-                             _unique(run.nodes, "estimator")) or "unknown"),
-        ("restrict", _first((c.get("scoring") or {}).get("restrict"), p.get("restrict"),
-                            _unique(run.nodes, "restrict")) or "unknown"),
-        ("N_sig", run.n_sig),
-        ("rollouts", f"{p['rollouts/total']:,} ({p.get('rollouts/initial', 0):,} initial, "
-                     f"{p.get('rollouts/targeted', 0):,} targeted)"
-         if isinstance(p.get("rollouts/total"), int) else "unknown"),
-        ("truncated", _truncated_label(run)),
-        ("device", _first(p.get("device"), p.get("hardware")) or "unknown"),
-        ("python", _first(p.get("python")) or "unknown"),
-        ("versions", ver or "unknown"),
-    ]
-    return items
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""The report header: where the run's numbers come from and what it analysed (provenance,
+estimator, P_theta, truncated rollouts, screened bins, borrowed enrichment)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from distillscope.report.data import Run
+
+__all__ = ["provenance_items", "truncated_rollouts"]
+
+
+def _first(*values: Any) -> Any:
+    for v in values:
+        if v not in (None, "", {}, []):
+            return v
+    return None
+
+
+def _unique(nodes: pd.DataFrame, col: str) -> str | None:
+    if col not in nodes or nodes.empty:
+        return None
+    vals = sorted(str(v) for v in set(nodes[col].dropna()))
+    return ", ".join(vals) if vals else None
+
+
+def truncated_rollouts(store: Any) -> tuple[int, int]:
+    """(rollouts, rollouts that stopped at sampling.max_new_tokens) over the committed
+    rollouts of a RunStore (finish_reason "length")."""
+    ro = store.read("rollouts")
+    if not len(ro):
+        return 0, 0
+    return int(len(ro)), int((ro["finish_reason"] == "length").sum())
+
+
+def _truncated_label(run: Run) -> str:
+    n, k = run.truncated
+    if not n:
+        return "no rollouts"
+    return f"{k / n:.1%} of rollouts stopped at max_new_tokens ({k:,} of {n:,})"
+
+
+def _run_scope_items(p: dict[str, Any]) -> list[tuple[str, Any]]:
+    """What the run analysed and how each teacher's tokens were enriched."""
+    out: list[tuple[str, Any]] = []
+    sel = p.get("screen_selection")
+    if isinstance(sel, dict) and sel.get("bins"):
+        counts = sel.get("counts") or {}
+        out.append(("screened", f"{sum(counts.values())} of {sel.get('screened', '?')} "
+                    "questions kept, bins " + ", ".join(f"{b} {counts.get(b, 0)}"
+                                                         for b in sel["bins"])))
+    lent = sorted(t for t, how in (p.get("enrichment") or {}).items() if how == "borrowed")
+    if lent:
+        out.append(("borrowed enrichment", ", ".join(lent) + " (added with score --no-rollouts: "
+                    "scored on the tree enriched for the other teachers, not its own top "
+                    "tokens)"))
+    return out
+
+
+def provenance_items(run: Run) -> list[tuple[str, Any]]:
+    p, c = run.provenance, run.config
+    versions = p.get("versions") or p.get("packages") or {}
+    ver = ", ".join(f"{k} {v}" for k, v in versions.items() if v not in (None, "absent")) \
+        if isinstance(versions, dict) else str(versions)
+    commit = _first(p.get("git_commit"), (p.get("git") or {}).get("commit")
+                    if isinstance(p.get("git"), dict) else p.get("git"), p.get("commit"))
+    student = _first(p.get("student"), (c.get("student") or {}).get("model"))
+    items = [
+        ("config", _first(c.get("name"), p.get("config_name"), p.get("name"), run.run_dir.name)),
+        ("git commit", str(commit)[:12] if commit else "unknown"),
+        ("student", student or "unknown"),
+        ("teachers", ", ".join(run.scored_teachers) or "none"),
+        ("estimator", _first((c.get("tree") or {}).get("estimator"), p.get("estimator"),
+                             _unique(run.nodes, "estimator")) or "unknown"),
+        ("restrict", _first((c.get("scoring") or {}).get("restrict"), p.get("restrict"),
+                            _unique(run.nodes, "restrict")) or "unknown"),
+        ("N_sig", run.n_sig),
+        ("rollouts", f"{p['rollouts/total']:,} ({p.get('rollouts/initial', 0):,} initial, "
+                     f"{p.get('rollouts/targeted', 0):,} targeted)"
+         if isinstance(p.get("rollouts/total"), int) else "unknown"),
+        ("truncated", _truncated_label(run)),
+        ("P_theta", "the student's plain softmax (temperature 1, no top-p), the distribution "
+                    "the tree's rollouts were drawn from"),
+        *_run_scope_items(p),
+        ("device", _first(p.get("device"), p.get("hardware")) or "unknown"),
+        ("python", _first(p.get("python")) or "unknown"),
+        ("versions", ver or "unknown"),
+    ]
+    return items
