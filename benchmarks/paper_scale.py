@@ -45,12 +45,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import QWEN3, QWEN3_COMMON  # noqa: E402
-
 from distillscope.budget import select_per_teacher  # noqa: E402
 from distillscope.models.hf import HFModel  # noqa: E402
 from distillscope.scoring import score_path  # noqa: E402
 from distillscope.types import SampleRequest, SamplingParams  # noqa: E402
+from throughput import QWEN3, QWEN3_COMMON  # noqa: E402
 
 PAPER = dict(G=200, group=100, n_correct=2, n_incorrect=2, n_min=100, top_k=8, top_r=8,
              window_base=50, teachers=8, max_len=4096, prompt=256, demo=1024, batch_groups=8)
