@@ -7,7 +7,7 @@ measures, in one process and interleaved (best of `--repeats`), the same samples
 
 * initial   per question (Q calls of 1 x 32)            vs  all Q questions in one call
 * targeted  one call per remaining budget (as phase1)   vs  the unit's groups in one call
-            (at the unit's largest budget: an upper bound on the cost of per-request budgets)
+            with per-request budgets (`sample(..., budgets=)`: the same samples)
 
 and, for information, the batched calls with `sample_dtype: bfloat16` (not the default: see
 benchmarks/RESULTS.md). Prefixes are the quickstart's real prompts; targeted prefixes append
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         "initial: all questions in one call": lambda: m.sample(init, hot),
         "targeted: one call per budget": per_budget,
         "targeted: the unit in one call": lambda: m.sample(
-            [r for r, _ in unit], SamplingParams(1.0, 1.0, max(b for _, b in unit), ())),
+            [r for r, _ in unit], SamplingParams(1.0, 1.0, max(b for _, b in unit), ()),
+            budgets=[b for _, b in unit]),
     }
     m.sample(init[:1], SamplingParams(1.0, 1.0, 2, ()))  # warm-up (builds the runner)
     best: dict[str, tuple[float, int]] = {}

@@ -84,3 +84,17 @@ def test_triton_kernel_equals_the_reference():
     for name, (same_shape, diff) in diffs.items():
         assert same_shape, name
         assert diff < 1e-5, (name, diff)
+
+
+def test_gpu_check_cpu_path(tmp_path):
+    """benchmarks/gpu_check.py's CPU path: kernel vs reference and triton-attention sampling
+    equal to torch-attention sampling, under the interpreter (child process)."""
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    res = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "gpu_check.py"),
+                          "--device", "cpu", "--smoke", "--out", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-2000:])
+    out = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert out["ok"] and out["sampler"]["greedy_equal"]
