@@ -46,7 +46,8 @@ def kernel_check(device: torch.device, dtype: torch.dtype) -> dict:
     got = ta.cascade_attention(*args).float()
     res = {"max_abs_diff": float((got - ref).abs().max()), "dtype": str(dtype)}
     if device.type == "cuda":
-        for name, fn in (("torch", ta.cascade_attention_reference), ("triton", ta.cascade_attention)):
+        fns = (("torch", ta.cascade_attention_reference), ("triton", ta.cascade_attention))
+        for name, fn in fns:
             fn(*args)
             torch.cuda.synchronize()
             t = time.perf_counter()
@@ -59,7 +60,6 @@ def kernel_check(device: torch.device, dtype: torch.dtype) -> dict:
 
 def sampler_check(device: torch.device) -> dict:
     import throughput as tp
-
     from distillscope.models.hf import HFModel
     from distillscope.types import SampleRequest, SamplingParams
 
