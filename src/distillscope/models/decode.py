@@ -135,6 +135,7 @@ class KVBuffers:
     suf_k: list[torch.Tensor]
     suf_v: list[torch.Tensor]
     per_group: int
+    pre_len: torch.Tensor | None = None  # int (Gp,): prefix lengths (the Triton kernel's mask)
 
 
 @dataclass
@@ -221,7 +222,17 @@ class DecodeRunner:
             return False
         return getattr(base.rotary_emb, "rope_type", "default") not in ("dynamic", "longrope")
 
-    def __init__(self, model: Any, max_positions: int) -> None:
+    def __init__(
+        self, model: Any, max_positions: int, matmul_dtype: Any = None, attention: str = "torch"
+    ) -> None:
+        if attention not in ("torch", "triton"):
+            raise ModelError(f"attention must be torch or triton, got '{attention}'")
+        if attention == "triton":
+            from distillscope.models import triton_attention
+
+            if not triton_attention.available():
+                raise ModelError("attention 'triton' needs triton installed (pip install triton)")
+        self.attention = attention
         base = model.base_model
         cfg = model.config
         self.embed = base.embed_tokens
@@ -234,9 +245,14 @@ class DecodeRunner:
         self.D = attn.head_dim
         self.hidden = cfg.hidden_size
         self.scale = float(attn.scaling)
-        self.layers = [self._layer(layer) for layer in list(base.layers)[: cfg.num_hidden_layers]]
         weight = self.embed.weight
         self.device, self.dtype = weight.device, weight.dtype
+        # matrix products in `mm_dtype` (copies of the weights when it is not the model's
+        # dtype); norms, residual stream, RoPE, attention, KV and softmax stay in `dtype`
+        self.mm_dtype = matmul_dtype or self.dtype
+        self.layers = [self._layer(layer) for layer in list(base.layers)[: cfg.num_hidden_layers]]
+        self.head_w = self._mm_weight(self.lm_head.weight)
+        self.head_b = getattr(self.lm_head, "bias", None)
         pos = torch.arange(max_positions, device=self.device)[None]
         with torch.no_grad():
             cos, sin = base.rotary_emb(weight[:1], pos)
@@ -262,15 +278,27 @@ class DecodeRunner:
             ln2=layer.post_attention_layernorm.weight,
             eps1=_eps(layer.input_layernorm),
             eps2=_eps(layer.post_attention_layernorm),
-            qkv_w=qkv_w,
+            qkv_w=self._mm_weight(qkv_w),
             qkv_b=qkv_b,
             qk_norm_w=qk_norm_w,
             qk_eps=qk_eps,
-            o_w=a.o_proj.weight,
+            o_w=self._mm_weight(a.o_proj.weight),
             o_b=a.o_proj.bias,
-            gate_up_w=gate_up_w,
-            down_w=mlp.down_proj.weight,
+            gate_up_w=self._mm_weight(gate_up_w),
+            down_w=self._mm_weight(mlp.down_proj.weight),
             act=mlp.act_fn,
+        )
+
+    def _mm_weight(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight as the matrix products use it: the model's own tensor, or a copy in
+        `mm_dtype` (the model's weights are never changed)."""
+        return w if w.dtype == self.mm_dtype else w.detach().to(self.mm_dtype).contiguous()
+
+    def _linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if w.dtype == x.dtype:
+            return F.linear(x, w, b)
+        return F.linear(x.to(w.dtype), w).to(x.dtype) if b is None else (
+            F.linear(x.to(w.dtype), w).to(x.dtype) + b
         )
 
     def kv_bytes_per_token(self) -> int:
@@ -279,7 +307,7 @@ class DecodeRunner:
     def _attn_in(self, ly: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """x (..., hidden) -> q (..., H, D), k (..., K, D), v (..., K, D), RoPE applied."""
         h = F.rms_norm(x, (self.hidden,), ly.ln1, ly.eps1)
-        qkv = F.linear(h, ly.qkv_w, ly.qkv_b)
+        qkv = self._linear(h, ly.qkv_w, ly.qkv_b)
         split = (self.H + self.K) * self.D
         qk = qkv[..., :split].unflatten(-1, (self.H + self.K, self.D))
         v = qkv[..., split:].unflatten(-1, (self.K, self.D))
@@ -290,6 +318,11 @@ class DecodeRunner:
 
     def _attn_out(self, ly: LayerWeights, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Residual + o_proj, then residual + MLP. x, o: (N, hidden), (N, H*D)."""
+        if ly.o_w.dtype != x.dtype:  # products in mm_dtype, residuals in the model's dtype
+            x = x + self._linear(o, ly.o_w, ly.o_b)
+            gu = self._linear(F.rms_norm(x, (self.hidden,), ly.ln2, ly.eps2), ly.gate_up_w, None)
+            inter = gu.shape[-1] // 2
+            return x + self._linear(ly.act(gu[:, :inter]) * gu[:, inter:], ly.down_w, None)
         x = torch.addmm(x, o, ly.o_w.t()) if ly.o_b is None else x + F.linear(o, ly.o_w, ly.o_b)
         gu = F.linear(F.rms_norm(x, (self.hidden,), ly.ln2, ly.eps2), ly.gate_up_w)
         inter = gu.shape[-1] // 2
@@ -311,7 +344,7 @@ class DecodeRunner:
             o = F.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=self.scale)
             x = self._attn_out(ly, x, o[0].transpose(0, 1).reshape(L, self.H * self.D))
         last = F.rms_norm(x[-1:], (self.hidden,), self.norm_w, self.norm_eps)
-        return ks, vs, self.lm_head(last)[0]
+        return ks, vs, self._linear(last, self.head_w, self.head_b)[0]
 
     def decode(self, st: DecodeState, kv: KVBuffers, upto: int) -> torch.Tensor:
         """One decode step for every slot (no host sync): logits (B, V) of the next token.
@@ -332,6 +365,10 @@ class DecodeRunner:
             kv.suf_k[li].index_copy_(3, slot, k.reshape(Gp, n, K, 1, D).transpose(1, 2))
             kv.suf_v[li].index_copy_(3, slot, v.reshape(Gp, n, K, 1, D).transpose(1, 2))
             q = (q.reshape(Gp, n, K, R, D) * self.scale).transpose(1, 2).contiguous()
+            if self.attention == "triton":
+                o = self._triton(q, kv, li, st.step).transpose(1, 2)
+                x = self._attn_out(ly, x, o.reshape(B, self.H * D))
+                continue
             # scores (Gp, K, n, R, L + upto): the group's n*R query rows against its one
             # prefix in one product, each sample's R rows against its own suffix; one softmax
             s = torch.empty(Gp, K, n, R, L + upto, dtype=self.dtype, device=self.device)
@@ -353,4 +390,13 @@ class DecodeRunner:
             o = (o.view(Gp, K, n, R, D) + o_suf.view(Gp, K, n, R, D)).transpose(1, 2)
             x = self._attn_out(ly, x, o.reshape(B, self.H * D))
         x = F.rms_norm(x, (self.hidden,), self.norm_w, self.norm_eps)
-        return self.lm_head(x)
+        return self._linear(x, self.head_w, self.head_b)
+
+    @staticmethod
+    def _triton(q: torch.Tensor, kv: KVBuffers, li: int, step: torch.Tensor) -> torch.Tensor:
+        from distillscope.models.triton_attention import cascade_attention
+
+        assert kv.pre_len is not None
+        return cascade_attention(
+            q, kv.pre_k[li], kv.pre_v[li], kv.pre_len, kv.suf_k[li], kv.suf_v[li], step
+        )

@@ -43,6 +43,10 @@ OPTIONS: dict[str, str] = {
     "cascade": "shared-prefix attention (default true); false = a prefix KV copy per sample",
     "cuda_graphs": "capture the decode step as CUDA graphs (default true on CUDA)",
     "runner": "auto | fast | generic (fast = our Llama-family decode loop)",
+    "sample_dtype": "dtype of the fast runner's matrix products while sampling (default: the "
+    "model's; bfloat16 = weight copies, norms/attention/softmax in the model's dtype)",
+    "attention": "decode attention of the fast runner: torch (default) | triton (the fused "
+    "cascade kernel of models/triton_attention.py; needs triton)",
     "attn_implementation": "transformers attention of scoring and generic-runner forwards (sdpa)",
 }
 
@@ -164,6 +168,15 @@ def load_hf_model(spec: ModelSpec) -> HFModel:
     )
 
 
+def _dtype_option(value: str | torch.dtype | None) -> torch.dtype | None:
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if value not in names:
+        raise ModelError(f"sample_dtype must be one of {', '.join(names)}, got '{value}'")
+    return names[value]
+
+
 # --- the model -------------------------------------------------------------------------------
 
 
@@ -189,6 +202,8 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
         runner: str = "auto",
         eos_token_ids: Sequence[int] | None = None,
         check_every: int | None = None,
+        sample_dtype: str | torch.dtype | None = None,
+        attention: str = "torch",
     ) -> None:
         if runner not in ("auto", "fast", "generic"):
             raise ModelError(f"runner must be auto, fast or generic, got '{runner}'")
@@ -212,6 +227,8 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
             raise ModelError(f"runner 'fast' does not support model type '{cfg.model_type}'")
         self._use_fast = fast_ok and runner != "generic"
         self._fast: DecodeRunner | None = None  # built on the first sample() call
+        self.sample_dtype = _dtype_option(sample_dtype)
+        self.attention = attention
         self.last_stats: dict[str, float] = {}
 
     @property
@@ -220,7 +237,9 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
             # ordinary tensors even when first asked for inside sample()'s inference mode: the
             # model's own parameters become views of the fused weights
             with torch.inference_mode(False), torch.no_grad():
-                self._fast = DecodeRunner(self.model, self._max_context)
+                self._fast = DecodeRunner(
+                    self.model, self._max_context, self.sample_dtype, self.attention
+                )
         return self._fast
 
     # -- protocol: identity and text --

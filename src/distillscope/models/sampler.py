@@ -41,6 +41,7 @@ V vocabulary, H query heads, K key/value heads, R = H / K, D head dim.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Sequence
@@ -72,8 +73,15 @@ class GroupSampler:
     """`sample()` of the `LanguageModel` protocol for an HF causal LM (see the module doc)."""
 
     def sample(
-        self, requests: Sequence[SampleRequest], params: SamplingParams
+        self,
+        requests: Sequence[SampleRequest],
+        params: SamplingParams,
+        budgets: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
+        """`budgets` (an extension of the protocol, hf backend only): request i's own
+        max_new_tokens (<= params.max_new_tokens). Its samples are those of a call with
+        max_new_tokens = budgets[i] (its noise is drawn for its own budget), so groups of
+        different budgets share one batch."""
         S = int(params.max_new_tokens)
         if S < 1:
             raise ModelError(f"max_new_tokens must be >= 1, got {S}")
@@ -90,7 +98,12 @@ class GroupSampler:
                 )
             if r.n < 0:
                 raise ModelError(f"n must be >= 0, got {r.n}")
-        uniforms = [group_uniforms(r.seed, r.n, S) for r in requests]
+        own = [S] * len(requests) if budgets is None else [int(b) for b in budgets]
+        if len(own) != len(requests) or any(not 1 <= b <= S for b in own):
+            raise ModelError(f"budgets must give each request a value in [1, {S}]")
+        self._budgets = own
+        uniforms = [F.pad(group_uniforms(r.seed, r.n, b), (0, S - b))
+                    for r, b in zip(requests, own, strict=True)]
         results: list[list[Completion | None]] = [[None] * r.n for r in requests]
         stats = {"time/prefill": 0.0, "time/decode": 0.0, "tokens": 0.0, "steps": 0.0}
         with torch.inference_mode():
@@ -159,7 +172,7 @@ class GroupSampler:
             rows = uniforms[job.req][job.start : job.start + job.count]
             u.append(F.pad(rows, (0, 0, 0, width - job.count)))
             done += [False] * job.count + [True] * (width - job.count)
-            limit += [min(S, self._max_context - L)] * width
+            limit += [min(S, self._budgets[job.req], self._max_context - L)] * width
             pos0 += [L] * width
         st.done_B.copy_(torch.tensor(done))
         st.limit_B.copy_(torch.tensor(limit))
@@ -197,6 +210,7 @@ class GroupSampler:
             pre_k = [k.index_select(0, slot_group) for k in pre_k]
             pre_v = [v.index_select(0, slot_group) for v in pre_v]
             pad_G_L = pad_G_L.index_select(0, slot_group)
+            lengths = lengths.index_select(0, slot_group)
             per_group, Gp = 1, B
         pre_pad = pad_G_L[:, None, None, None] if bool(pad_G_L.any()) else None
         suf = (Gp, K, per_group, max(S - 1, 1), D)
@@ -207,6 +221,7 @@ class GroupSampler:
             [torch.zeros(suf, **new) for _ in range(n_layers)],
             [torch.zeros(suf, **new) for _ in range(n_layers)],
             per_group,
+            lengths,
         )
         st = self._new_state(B, S, params)
         self._fill_slots(st, batch, requests, uniforms, n, S)
@@ -287,8 +302,9 @@ class GroupSampler:
         t0 = time.perf_counter()
         ids = torch.tensor([requests[job.req].prefix_ids], dtype=torch.long, device=self._device)
         out = self.model(input_ids=ids, use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_repeat_interleave(job.count)
+        cache_kw = cache_kwarg(self.model)
         st = self._new_state(job.count, S, params)
         self._fill_slots(st, batch, requests, uniforms, job.count, S)
         st.advance(out.logits[:, -1].expand(job.count, -1))
@@ -297,7 +313,7 @@ class GroupSampler:
 
         def step(_upto: int) -> None:
             logits = self.model(
-                input_ids=st.last_tokens()[:, None], past_key_values=cache, use_cache=True
+                input_ids=st.last_tokens()[:, None], use_cache=True, **{cache_kw: cache}
             ).logits
             st.advance(logits[:, -1])
 
@@ -319,6 +335,22 @@ class GroupSampler:
             tokens, reason = tokens[:cut], "stop"
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         return Completion(token_ids=tuple(tokens), text=text, finish_reason=reason)
+
+
+def cache_kwarg(model: Any) -> str:
+    """The forward's name for the KV cache: `cache` (transformers >= 5.24; `past_key_values`
+    is removed in 5.40) or `past_key_values` (older versions)."""
+    try:
+        names = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - exotic wrappers
+        names = {}
+    return "cache" if "cache" in names else "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache of a forward's output, under its new name (`cache`) or its old one."""
+    cache = out.get("cache") if hasattr(out, "get") else getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 def _row(t: torch.Tensor) -> list[int]:
