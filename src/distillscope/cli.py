@@ -83,7 +83,9 @@ def run(
     out: str = typer.Option(..., "--out", "-o", help="Run directory: created, or resumed if "
                             "it holds a run of the same config."),
     set_: list[str] = SET_OPT,
-    force: bool = typer.Option(False, help="Reuse a run directory made by another config."),
+    force: bool = typer.Option(False, help="Apply a changed scoring.* or tree.n_sig to a run "
+                               "directory (its scores are recomputed; other changes are "
+                               "refused by name)."),
     report: bool = typer.Option(True, help="Write OUT/report/ when done."),
     ray: Optional[str] = typer.Option(None, help="Run on Ray ('' = local cluster, or ADDRESS)."),
     threads: Optional[int] = THREADS_OPT,
@@ -108,7 +110,9 @@ def rollout(
     config: Path = CONFIG_ARG,
     out: str = typer.Option(..., "--out", "-o", help="Run directory (created or resumed)."),
     set_: list[str] = SET_OPT,
-    force: bool = typer.Option(False, help="Reuse a run directory made by another config."),
+    force: bool = typer.Option(False, help="Apply a changed scoring.* or tree.n_sig to a run "
+                               "directory (its scores are recomputed; other changes are "
+                               "refused by name)."),
     threads: Optional[int] = THREADS_OPT,
     wait: bool = WAIT_OPT,
     trust_remote_code: bool = TRUST_OPT,
@@ -335,7 +339,9 @@ def _weights_summary(path: Path) -> str:
 @_command
 def quickstart(
     out: str = typer.Option("runs/quickstart", "--out", "-o", help="Run directory."),
-    force: bool = typer.Option(False, help="Reuse a run directory made by another config."),
+    force: bool = typer.Option(False, help="Apply a changed scoring.* or tree.n_sig to a run "
+                               "directory (its scores are recomputed; other changes are "
+                               "refused by name)."),
     threads: Optional[int] = THREADS_OPT,
     wait: bool = WAIT_OPT,
 ) -> None:

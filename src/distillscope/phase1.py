@@ -72,10 +72,17 @@ def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, d
             continue  # nothing to sample: the forced prefix already ends the response
         to_model.append((i, req, max_new - len(forced)))
     outputs: dict[int, list] = {}
-    # group requests by remaining budget so each model call has one max_new_tokens
-    for budget in sorted({b for _, _, b in to_model}):
+    p = rt.params
+    if to_model and _takes_budgets(rt.student):
+        # one call: each group with its own remaining budget (hf backend), so a unit's groups
+        # decode in one batch instead of one small batch per distinct budget
+        params = SamplingParams(p.temperature, p.top_p, max_new, p.stop_strings)
+        res = rt.student.sample([r for _, r, _ in to_model], params,
+                                budgets=[b for _, _, b in to_model])
+        outputs = {i: comps for (i, _, _), comps in zip(to_model, res, strict=True)}
+    # otherwise group requests by remaining budget so each model call has one max_new_tokens
+    for budget in sorted({b for _, _, b in to_model}) if not outputs else []:
         batch = [(i, r) for i, r, b in to_model if b == budget]
-        p = rt.params
         params = SamplingParams(p.temperature, p.top_p, budget, p.stop_strings)
         res = rt.student.sample([r for _, r in batch], params)
         for (i, _), comps in zip(batch, res, strict=True):
@@ -101,6 +108,16 @@ def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, d
             })
             rid += 1
     return rows
+
+
+def _takes_budgets(model: Any) -> bool:
+    """Whether `model.sample` accepts per-request budgets (an extension of the protocol)."""
+    import inspect
+
+    try:
+        return "budgets" in inspect.signature(model.sample).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _initial_rollouts(rt: Runtime, q: Question, bar) -> pd.DataFrame:

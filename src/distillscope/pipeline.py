@@ -45,7 +45,10 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
     targeted rollouts first (`phase1.enrich_added_teacher`), and every teacher is rescored where
     the tree grew."""
     store = RunStore(out)
+    redo = _forced_changes(store, config) if force else []
     config = store.open_for(config, force=force)
+    for unit_infix in redo:
+        _uncommit_everywhere(store, unit_infix)
     if teachers_only is not None:
         config_run = config.model_copy(
             update={"teachers": [t for t in config.teachers if t.name in teachers_only]})
@@ -73,6 +76,52 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
     _record_provenance(rt, score, borrowed=teachers_only if no_new_rollouts else None,
                        own=enrich, grown=len(grown))
     return rt
+
+
+# What a forced rerun may change on a run that holds work, and which units it then redoes
+# (`/c-`: every teacher's scores and the RL baseline; `/z-children`: the children tables and
+# the student's probabilities at the decision points). task.* may change only as long as the
+# questions stay the same (`_check_questions`). Anything else shapes the stored rollouts.
+FORCE_REDO = {"scoring.restrict": ["/c-"], "scoring.topk_overlap": ["/c-"],
+              "scoring.chunk_size": ["/c-"], "tree.n_sig": ["/z-children", "/c-"]}
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def _forced_changes(store: RunStore, config: RunConfig) -> list[str]:
+    """`--force` on a run with work: the units to redo for the fields that changed, or a
+    StoreError naming the fields a forced rerun cannot change without lying (the stored
+    rollouts were made under the old values)."""
+    if not store.exists() or not store.has_work():
+        return []
+    old, new = (_flat(c.model_dump(mode="json", exclude={"teachers", "name"}))
+                for c in (store.load_config(), config))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    bad = [k for k in changed if k not in FORCE_REDO and not k.startswith("task.")]
+    if "tree.n_sig" in changed and config.tree.budget != "fixed":
+        bad.append("tree.n_sig (with tree.budget: adaptive, it steers the rollouts)")
+    if bad:
+        raise StoreError(
+            f"{store.dir}: --force cannot apply {', '.join(bad)} to this run: the rollouts "
+            f"stored there were made under the old value(s), and its tables would claim the "
+            f"new ones. Use a new --out (a forced rerun may change "
+            f"{', '.join(sorted(FORCE_REDO))}, and task fields that keep the same questions)"
+        )
+    return sorted({u for k in changed for u in FORCE_REDO.get(k, [])})
+
+
+def _uncommit_everywhere(store: RunStore, infix: str) -> None:
+    """Forget every unit whose key contains `infix` (e.g. '/c-': all scores, every question)."""
+    for prefix in sorted({u[: u.index(infix) + len(infix)] for u in store.done_units()
+                          if infix in u}):
+        store.uncommit(prefix)
 
 
 def questions_digest(rt: Runtime) -> str:

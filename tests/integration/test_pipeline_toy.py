@@ -341,3 +341,52 @@ def test_score_adds_a_teacher_whose_demo_comes_from_another_source(tmp_path):
     spec = {t.name: t for t in RunStore(out).load_config().teachers}["src"]
     assert spec.source is not None and (spec.source.backend, spec.source.model) == ("toy", "toy")
     assert "src" in set(RunStore(out).read("nodes").teacher)
+
+
+def test_force_recomputes_what_changed_or_refuses(tmp_path):
+    """--force never lies: scoring fields redo the scores, n_sig the children and scores (no
+    new rollout either way); a field that shaped the stored rollouts is refused by name."""
+    from distillscope.store import StoreError
+
+    small = {"task.options.n_questions": 2, "tree.G": 60, "tree.n_min": 60}
+    cfg = toy_config(**small)
+    cfg = cfg.model_copy(update={"teachers": cfg.teachers[:2]})
+    run(cfg, tmp_path)
+    ro = RunStore(tmp_path).read("rollouts")
+    with pytest.raises(StoreError, match=r"--force cannot apply tree\.G, tree\.n_min"):
+        run(cfg.model_copy(update={"tree": cfg.tree.model_copy(update={"G": 80, "n_min": 70})}),
+            tmp_path, force=True)
+    projected = cfg.model_copy(update={"scoring": cfg.scoring.model_copy(
+        update={"restrict": "project"})})
+    run(projected, tmp_path, force=True)
+    store = RunStore(tmp_path)
+    pd.testing.assert_frame_equal(store.read("rollouts"), ro)
+    assert set(store.read("nodes").restrict) == {"project"}
+    assert store.load_config().scoring.restrict == "project"
+    stricter = projected.model_copy(update={"tree": projected.tree.model_copy(
+        update={"n_sig": 40})})
+    run(stricter, tmp_path, force=True)
+    store = RunStore(tmp_path)
+    pd.testing.assert_frame_equal(store.read("rollouts"), ro)
+    nodes = store.read("nodes")
+    assert len(nodes) and (nodes.visits >= 40 * nodes.n_children).all()
+    assert _dp_keys(store, 40) == set(map(tuple, nodes[["qid", "path_id", "depth"]]
+                                          .drop_duplicates().to_numpy()))
+
+
+def test_edited_questions_are_noticed_on_resume(tmp_path):
+    """The questions' content is part of what a run was made from: an edited gold answer is
+    refused (with or without --force) instead of reusing rewards graded against the old one."""
+    from distillscope.store import StoreError
+
+    f = tmp_path / "q.jsonl"
+    f.write_text('{"id": "a", "question": "toy:0 yes or no?", "answer": "yes"}\n')
+    cfg = toy_config(**{"task.name": "custom", "task.path": str(f), "task.verifier": "yesno",
+                        "task.options": {}, "tree.G": 20})
+    cfg = cfg.model_copy(update={"teachers": cfg.teachers[:1]})
+    run(cfg, tmp_path / "run")
+    run(cfg, tmp_path / "run")  # unchanged: resumes
+    f.write_text('{"id": "a", "question": "toy:0 yes or no?", "answer": "no"}\n')
+    for force in (False, True):
+        with pytest.raises(StoreError, match="questions of task 'custom' changed"):
+            run(cfg, tmp_path / "run", force=force)
