@@ -27,7 +27,7 @@ from distillscope.phase1 import enrich_added_teacher, phase1
 from distillscope.phase2 import phase2
 from distillscope.progress import Reporter
 from distillscope.runtime import Runtime, get_model, load_runtime, provenance, question_key
-from distillscope.store import RunStore, StoreError
+from distillscope.store import RunStore, StoreError, run_lock
 
 __all__ = ["Runtime", "rollout_counts", "run", "screen_run"]
 
@@ -44,6 +44,16 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
     (`distillscope score`) names teachers added to a finished run: their own top tokens get
     targeted rollouts first (`phase1.enrich_added_teacher`), and every teacher is rescored where
     the tree grew."""
+    with run_lock(out):  # held for the whole call, released at a fixed point
+        return _run(config, out, reporter=reporter, force=force, models=models,
+                    teachers_only=teachers_only, score=score, no_new_rollouts=no_new_rollouts,
+                    enrich=enrich)
+
+
+def _run(config: RunConfig, out: str | Path, *, reporter: Reporter | None,
+         force: bool, models: dict[str, LanguageModel] | None,
+         teachers_only: list[str] | None, score: bool, no_new_rollouts: bool,
+         enrich: list[str] | None) -> Runtime:
     store = RunStore(out)
     redo = _forced_changes(store, config) if force else []
     config = store.open_for(config, force=force)
@@ -55,6 +65,8 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
     else:
         config_run = config
     rt = load_runtime(config_run, store, reporter, models)
+    for line in store.damage_report():
+        rt.reporter.log(f"warning: {line}: it will be recomputed")
     store.provenance_meta = {"distillscope.config_fingerprint": config.fingerprint()}
     _check_questions(rt)
     if config.screen.select:
@@ -182,7 +194,8 @@ def rollout_counts(store: RunStore) -> dict[str, int]:
     ro = store.read("rollouts")
     return {"rollouts/total": int(len(ro)),
             "rollouts/initial": int((ro.origin == "initial").sum()),
-            "rollouts/targeted": int((ro.origin == "targeted").sum())}
+            "rollouts/targeted": int((ro.origin == "targeted").sum()),
+            "rollouts/truncated": int((ro.finish_reason == "length").sum())}
 
 
 def _record_provenance(rt: Runtime, scored: bool, *, borrowed: list[str] | None = None,

