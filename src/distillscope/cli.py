@@ -7,6 +7,7 @@
     distillscope report RUN_DIR              tables, plots, report.html
     distillscope show RUN_DIR --question Q --path P
     distillscope export-weights RUN_DIR --teacher T --out FILE
+    distillscope compare RUN_DIR RUN_DIR... --out DIR   settings side by side
     distillscope quickstart                  the whole pipeline on CPU with the bundled model
 
 Errors the user can fix (a bad config or --set, a missing run, an unknown name) end with one
@@ -16,6 +17,7 @@ what it did: a resumed run says what it reused, and the files it wrote are named
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -447,6 +449,41 @@ def _weights_summary(path: Path) -> str:
     known = int(df["align"].notna().sum())
     return (f"{len(df):,} tokens of {n_paths} paths; {known:,} with a defined alignment, "
             f"{int((df['weight'] == 0).sum()):,} weighted 0")
+
+
+MIN_SR_OPT = typer.Option(None, "--min-sr-range", help="High-stakes nodes only: recompute "
+                          "everything on decision points with SR range >= this (0-1).")
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories (settings)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for compare.html, tables/, "
+                             "figures/ and compare.json."),
+    label: list[str] = typer.Option([], "--label", help="Setting label per run, in order "
+                                    "(default: the run's student and task)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
+    method: str = typer.Option("gkd", help=f"Method of the headline test: {METHODS}."),
+    min_sr_range: Optional[float] = MIN_SR_OPT,
+) -> None:
+    """Settings side by side: table 1 per method, correct vs incorrect, table 5, and a test of
+    whether the best teacher depends on the setting (teacher x setting interaction)."""
+    from distillscope.report.compare_page import write_compare
+
+    try:
+        for d in run_dirs:
+            _check_run_dir(d)
+        _check_out(out)
+        if method not in ("gkd", "sampled", "minillm"):
+            raise ConfigError(f"--method must be gkd, sampled or minillm; got '{method}'")
+        path = write_compare(run_dirs, out, labels=label or None, seed=seed, method=method,
+                             min_sr_range=min_sr_range)
+        summary = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+        console.print(f"compare: [bold]{path}[/] (compare.json, tables/, figures/ beside it)")
+        Console().print(str(summary.get(f"verdict/{method}/text", "")), markup=False,
+                        highlight=False)
+    except (*_errors(), ValueError) as err:
+        _fail(err)
 
 
 @app.command()

@@ -309,7 +309,8 @@ def universal_best(joint: Joint, *, min_questions: int = MIN_QUESTIONS) -> dict:
     if top_bs.size == 0:
         return out
     best = max(everywhere, key=lambda j: (p_all(j), -j))
-    out.update(teacher=joint.teachers[best], p_universal=p_all(best))
+    out.update(teacher=joint.teachers[best] if p_all(best) > 0 else "",
+               p_universal=p_all(best))
     return out
 
 
@@ -408,23 +409,34 @@ def compare(settings: Sequence[Setting], *, methods: Sequence[str] | None = None
 
 
 def ranking_wide(ranking: pd.DataFrame, method: str, settings: Sequence[str]) -> pd.DataFrame:
-    """Table 1 layout: a row per teacher, per setting the mean, CI and rank (NaN and rank ''
-    where the teacher is absent from that setting). Teachers ordered by their mean rank."""
-    r = ranking[ranking["method"] == method]
+    """Table 1 layout: a row per teacher; per setting i the columns `{i}_mean`, `{i}_lo`,
+    `{i}_hi` (95% CI) and `{i}_rank` ("absent" where the run did not score the teacher,
+    "undefined" where it has no defined alignment). Teachers ordered by their mean rank."""
+    r = ranking[ranking["method"] == method] if len(ranking) else ranking
+    if r.empty:
+        return pd.DataFrame(columns=["teacher"])
     teachers = sorted(set(r["teacher"].astype(str)),
                       key=lambda t: (r.loc[r["teacher"] == t, "rank"].mean(), t))
     rows = []
     for t in teachers:
         row: dict[str, object] = {"teacher": t}
-        for s in settings:
+        for i, s in enumerate(settings):
             hit = r[(r["teacher"] == t) & (r["setting"] == s)]
             if hit.empty or not math.isfinite(float(hit["mean"].iloc[0])):
-                row.update({f"{s}|mean": math.nan, f"{s}|ci_low": math.nan,
-                            f"{s}|ci_high": math.nan,
-                            f"{s}|rank": "absent" if hit.empty else "undefined"})
+                row.update({f"{i}_mean": math.nan, f"{i}_lo": math.nan, f"{i}_hi": math.nan,
+                            f"{i}_rank": "absent" if hit.empty else "undefined"})
             else:
                 h = hit.iloc[0]
-                row.update({f"{s}|mean": float(h["mean"]), f"{s}|ci_low": float(h["ci_low"]),
-                            f"{s}|ci_high": float(h["ci_high"]), f"{s}|rank": str(int(h["rank"]))})
+                row.update({f"{i}_mean": float(h["mean"]), f"{i}_lo": float(h["ci_low"]),
+                            f"{i}_hi": float(h["ci_high"]), f"{i}_rank": str(int(h["rank"]))})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def readable_wide(wide: pd.DataFrame, settings: Sequence[str]) -> pd.DataFrame:
+    """`ranking_wide` with "<setting> mean|ci_low|ci_high|rank" column names (CSV, Markdown)."""
+    names = {"teacher": "teacher"}
+    for i, s in enumerate(settings):
+        for k, v in (("mean", "mean"), ("lo", "ci_low"), ("hi", "ci_high"), ("rank", "rank")):
+            names[f"{i}_{k}"] = f"{s} {v}"
+    return wide.rename(columns=names)
