@@ -223,7 +223,10 @@ def interaction_test(joint: Joint, *, min_questions: int = MIN_QUESTIONS) -> dic
     resid = R @ m
     stat = float(resid @ resid)
     stat = 0.0 if stat < 1e-24 else stat
-    D = np.stack([joint.boot[:, i, j] for i, j in cells], axis=1) - m  # (B, C)
+    # the bootstrap variance of a mean of Q questions is (Q - 1)/Q of the unbiased one:
+    # inflate each setting's deviations so that the null is not too narrow for few questions
+    q = np.array([joint.n_questions[i] for i, _ in cells], float)
+    D = (np.stack([joint.boot[:, i, j] for i, j in cells], axis=1) - m) * np.sqrt(q / (q - 1))
     valid = np.isfinite(D).all(axis=1)
     null = ((D[valid] @ R.T) ** 2).sum(axis=1)
     nv = int(valid.sum())
@@ -288,7 +291,7 @@ def universal_best(joint: Joint, *, min_questions: int = MIN_QUESTIONS) -> dict:
     setting's argmax among its own teachers), and that probability. Only a teacher scored in
     every eligible setting can be universal."""
     elig = joint.eligible(min_questions)
-    out = {"teacher": "", "p_universal": math.nan, "n_settings": len(elig)}
+    out = {"teacher": "", "p_universal": math.nan, "n_settings": len(elig), "tied_with": []}
     if len(elig) < 2:
         return out
     everywhere = [j for j in range(len(joint.teachers))
@@ -311,6 +314,10 @@ def universal_best(joint: Joint, *, min_questions: int = MIN_QUESTIONS) -> dict:
     best = max(everywhere, key=lambda j: (p_all(j), -j))
     out.update(teacher=joint.teachers[best] if p_all(best) > 0 else "",
                p_universal=p_all(best))
+    # teachers equal to it in every eligible setting (ties go to the first name)
+    same = [j for j in everywhere if j != best and all(
+        round(joint.point[i, j], TIE) == round(joint.point[i, best], TIE) for i in elig)]
+    out["tied_with"] = [joint.teachers[j] for j in same] if out["teacher"] else []
     return out
 
 
@@ -325,7 +332,9 @@ def verdict(inter: dict, pairs: pd.DataFrame, univ: dict, joint: Joint) -> tuple
              f"{inter['rms']:.3f} vs {inter['null_rms']:.3f} from noise alone)"
              if inter["status"] == "tested" else "interaction not testable")
     if math.isfinite(univ["p_universal"]) and univ["p_universal"] >= CONFIDENCE:
-        return "universal", (f"universal best: {univ['teacher']} ranks first in all "
+        tie = (f" (tied with {', '.join(univ['tied_with'])}, equal in every setting)"
+               if univ["tied_with"] else "")
+        return "universal", (f"universal best: {univ['teacher']}{tie} ranks first in all "
                              f"{univ['n_settings']} settings in {univ['p_universal']:.0%} of the "
                              f"joint bootstrap replicates ({p_txt}).")
     tested = pairs[pairs["status"] == "tested"].sort_values("p_top_differs", ascending=False)
