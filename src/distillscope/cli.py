@@ -17,7 +17,6 @@ what it did: a resumed run says what it reused, and the files it wrote are named
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from distillscope.cli_compare import MIN_SR_OPT, compare_command
 from distillscope.config import (
     TEACHER_MODES,
     ConfigError,
@@ -379,6 +379,7 @@ def report(
     run_dir: Path = RUN_DIR_ARG,
     seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
     method: str = typer.Option("gkd", help=f"Gradient the report ranks by: {METHODS}."),
+    min_sr_range: Optional[float] = MIN_SR_OPT,
 ) -> None:
     """Write summary.json, CSV/Markdown tables, PNG plots and report.html into RUN_DIR/report.
 
@@ -387,8 +388,9 @@ def report(
         _check_run_dir(run_dir)
         if method not in ("gkd", "sampled", "minillm", "drgrpo"):
             raise ConfigError(f"--method must be one of {METHODS}; got '{method}'")
-        _print_ranking(_write_report(run_dir, seed=seed, method=method), run_dir, method)
-    except _errors() as err:
+        _print_ranking(_write_report(run_dir, seed=seed, method=method,
+                                     min_sr_range=min_sr_range), run_dir, method)
+    except (*_errors(), ValueError) as err:
         _fail(err)
 
 
@@ -400,6 +402,7 @@ def show(
     teacher: Optional[str] = typer.Option(None, help="Teacher whose alignment colours the "
                                           "tokens (default: the best-ranked)."),
     method: str = typer.Option("gkd", help=f"Gradient compared with the ideal: {METHODS}."),
+    min_sr_range: Optional[float] = MIN_SR_OPT,
 ) -> None:
     """One representative path, token by token, coloured by alignment, in the terminal.
 
@@ -409,7 +412,8 @@ def show(
 
     try:
         _check_run_dir(run_dir)
-        render_path(run_dir, question, path, teacher=teacher, console=Console(), method=method)
+        render_path(run_dir, question, path, teacher=teacher, console=Console(), method=method,
+                    min_sr_range=min_sr_range)
     except (*_errors(), KeyError, ValueError) as err:
         _fail(err)
 
@@ -424,6 +428,7 @@ def export_weights(
     threshold: float = typer.Option(0.0, help="Weight 0 where alignment <= threshold, 1 above."),
     fill: float = typer.Option(1.0, help="Weight where alignment is unknown (not a decision "
                                "point, or undefined)."),
+    min_sr_range: Optional[float] = MIN_SR_OPT,
 ) -> None:
     """Per-token alignment and a suggested distillation weight, for a trainer.
 
@@ -432,7 +437,8 @@ def export_weights(
 
     try:
         _check_run_dir(run_dir)
-        path = _export(run_dir, teacher, out, method=method, threshold=threshold, fill=fill)
+        path = _export(run_dir, teacher, out, method=method, threshold=threshold, fill=fill,
+                       min_sr_range=min_sr_range)
         console.print(f"wrote {path}: {_weights_summary(path)}", highlight=False)
     except (*_errors(), KeyError, ValueError) as err:
         _fail(err)
@@ -451,39 +457,7 @@ def _weights_summary(path: Path) -> str:
             f"{int((df['weight'] == 0).sum()):,} weighted 0")
 
 
-MIN_SR_OPT = typer.Option(None, "--min-sr-range", help="High-stakes nodes only: recompute "
-                          "everything on decision points with SR range >= this (0-1).")
-
-
-@app.command()
-def compare(
-    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories (settings)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for compare.html, tables/, "
-                             "figures/ and compare.json."),
-    label: list[str] = typer.Option([], "--label", help="Setting label per run, in order "
-                                    "(default: the run's student and task)."),
-    seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
-    method: str = typer.Option("gkd", help=f"Method of the headline test: {METHODS}."),
-    min_sr_range: Optional[float] = MIN_SR_OPT,
-) -> None:
-    """Settings side by side: table 1 per method, correct vs incorrect, table 5, and a test of
-    whether the best teacher depends on the setting (teacher x setting interaction)."""
-    from distillscope.report.compare_page import write_compare
-
-    try:
-        for d in run_dirs:
-            _check_run_dir(d)
-        _check_out(out)
-        if method not in ("gkd", "sampled", "minillm"):
-            raise ConfigError(f"--method must be gkd, sampled or minillm; got '{method}'")
-        path = write_compare(run_dirs, out, labels=label or None, seed=seed, method=method,
-                             min_sr_range=min_sr_range)
-        summary = json.loads((out / "compare.json").read_text(encoding="utf-8"))
-        console.print(f"compare: [bold]{path}[/] (compare.json, tables/, figures/ beside it)")
-        Console().print(str(summary.get(f"verdict/{method}/text", "")), markup=False,
-                        highlight=False)
-    except (*_errors(), ValueError) as err:
-        _fail(err)
+app.command("compare")(compare_command)
 
 
 @app.command()
