@@ -7,6 +7,7 @@
     distillscope report RUN_DIR              tables, plots, report.html
     distillscope show RUN_DIR --question Q --path P
     distillscope export-weights RUN_DIR --teacher T --out FILE
+    distillscope compare RUN_DIR RUN_DIR... --out DIR   settings side by side
     distillscope quickstart                  the whole pipeline on CPU with the bundled model
 
 Errors the user can fix (a bad config or --set, a missing run, an unknown name) end with one
@@ -23,6 +24,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from distillscope.cli_compare import MIN_SR_OPT, compare_command
 from distillscope.cliutil import (  # noqa: F401  (shared with the commands below)
     INTERRUPTED,
     METHODS,
@@ -259,6 +261,7 @@ def report(
     run_dir: str = RUN_DIR_ARG,
     seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
     method: str = typer.Option("gkd", help=f"Gradient the report ranks by: {METHODS}."),
+    min_sr_range: Optional[float] = MIN_SR_OPT,
 ) -> None:
     """Write summary.json, CSV/Markdown tables, PNG plots and report.html into RUN_DIR/report.
 
@@ -266,7 +269,7 @@ def report(
     run_path = _check_run_dir(run_dir)
     if method not in ("gkd", "sampled", "minillm", "drgrpo"):
         raise ConfigError(f"--method must be one of {METHODS}; got '{method}'")
-    html = _write_report(run_path, seed=seed, method=method)
+    html = _write_report(run_path, seed=seed, method=method, min_sr_range=min_sr_range)
     _warn_truncated(run_path)
     _print_ranking(html, run_path, method)
 
@@ -280,6 +283,7 @@ def show(
     teacher: Optional[str] = typer.Option(None, help="Teacher whose alignment colours the "
                                           "tokens (default: the best-ranked)."),
     method: str = typer.Option("gkd", help=f"Gradient compared with the ideal: {METHODS}."),
+    min_sr_range: Optional[float] = MIN_SR_OPT,
 ) -> None:
     """One representative path, token by token, coloured by alignment, in the terminal.
 
@@ -289,7 +293,7 @@ def show(
 
     try:
         render_path(_check_run_dir(run_dir), question, path, teacher=teacher, console=Console(),
-                    method=method)
+                    method=method, min_sr_range=min_sr_range)
     except (KeyError, ValueError) as err:
         _fail(err)
 
@@ -305,6 +309,7 @@ def export_weights(
     threshold: float = typer.Option(0.0, help="Weight 0 where alignment <= threshold, 1 above."),
     fill: float = typer.Option(1.0, help="Weight where alignment is unknown (not a decision "
                                "point, or undefined)."),
+    min_sr_range: Optional[float] = MIN_SR_OPT,
 ) -> None:
     """Per-token alignment and a suggested distillation weight, for a trainer.
 
@@ -316,7 +321,7 @@ def export_weights(
         if not str(out).strip():
             raise ConfigError("--out is empty: give FILE.parquet or FILE.jsonl")
         path = _export(run_path, teacher, Path(out), method=method, threshold=threshold,
-                       fill=fill)
+                       fill=fill, min_sr_range=min_sr_range)
         console.print(f"wrote {path}: {_weights_summary(path)}", highlight=False, markup=False)
     except (KeyError, ValueError) as err:
         _fail(err)
@@ -333,6 +338,9 @@ def _weights_summary(path: Path) -> str:
     known = int(df["align"].notna().sum())
     return (f"{len(df):,} tokens of {n_paths} paths; {known:,} with a defined alignment, "
             f"{int((df['weight'] == 0).sum()):,} weighted 0")
+
+
+app.command("compare")(compare_command)
 
 
 @app.command()

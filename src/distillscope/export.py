@@ -10,6 +10,8 @@ decision point) and a suggested loss weight for distilling from `teacher` with `
 
 `fill` defaults to 1.0, i.e. keep ordinary distillation where the diagnostic has no evidence;
 fill = 0.0 distils only where alignment is known to be positive (the oracle of appendix E.3).
+`min_sr_range` keeps only high-stakes decision points (SR range >= it); the others count as
+unknown and get `fill`.
 The format follows the suffix of `out_path`: .parquet (or .pq) or .jsonl. The file is written
 atomically (temp file, fsync, rename).
 """
@@ -27,6 +29,7 @@ import pyarrow.parquet as pq
 
 from distillscope.analysis import NODE_KEY, decision_points
 from distillscope.report.data import NO_TEACHER, load_run
+from distillscope.stakes import high_stakes
 from distillscope.store import atomic_write_bytes
 
 SCHEMA = pa.schema([
@@ -44,14 +47,18 @@ def suggested_weight(align: np.ndarray, threshold: float = 0.0, fill: float = 1.
 
 
 def weights_frame(run_dir: str | Path, teacher: str, method: str = "gkd",
-                  threshold: float = 0.0, fill: float = 1.0) -> pd.DataFrame:
-    """The export as a DataFrame (rows in qid, path_id, depth order)."""
+                  threshold: float = 0.0, fill: float = 1.0,
+                  min_sr_range: float | None = None) -> pd.DataFrame:
+    """The export as a DataFrame (rows in qid, path_id, depth order). With `min_sr_range`,
+    a decision point whose SR range is below it counts as no decision point (align NaN,
+    weight `fill`)."""
     run = load_run(run_dir, ("paths", "nodes"))
     if teacher not in run.teachers:
         raise ValueError(f"unknown teacher {teacher!r}; this run has: "
                          f"{', '.join(run.teachers) or 'none'}")
     if method not in run.methods:
         raise ValueError(f"unknown method {method!r}; this run has: {', '.join(run.methods)}")
+    run.tables["nodes"] = high_stakes(run.nodes, min_sr_range)
     nodes, _ = decision_points(run.nodes, method)
     mine = nodes[nodes["teacher"] == teacher]
     if mine.empty:  # teacher-free rows (Dr. GRPO stored once for all teachers)
@@ -83,6 +90,7 @@ def export_weights(
     threshold: float = 0.0,
     *,
     fill: float = 1.0,
+    min_sr_range: float | None = None,
 ) -> Path:
     """Write the per-token weights of `teacher` (see the module docstring) to `out_path`
     (.parquet/.pq or .jsonl) atomically and return the path."""
@@ -90,7 +98,7 @@ def export_weights(
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".pq", ".jsonl"):
         raise ValueError(f"{out}: unknown format {suffix or '(none)'}; use .parquet or .jsonl")
-    df = weights_frame(run_dir, teacher, method, threshold, fill)
+    df = weights_frame(run_dir, teacher, method, threshold, fill, min_sr_range)
     if suffix == ".jsonl":
         lines = []
         for r in df.itertuples(index=False):
@@ -104,6 +112,7 @@ def export_weights(
         table = table.replace_schema_metadata({
             "distillscope.teacher": teacher, "distillscope.method": method,
             "distillscope.threshold": repr(float(threshold)), "distillscope.fill": repr(fill),
+            "distillscope.min_sr_range": repr(min_sr_range),
         })
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)

@@ -20,6 +20,7 @@ from rich.text import Text
 from distillscope.analysis import decision_points
 from distillscope.report.data import PathView, Run, load_run, path_views, visible
 from distillscope.report.html import STOPS
+from distillscope.stakes import high_stakes
 
 NOT_DECISION = Style(color="grey50")
 UNDEFINED = Style(color="black", bgcolor="grey62", italic=True)
@@ -96,10 +97,12 @@ def decision_table(view: PathView, teacher: str, method: str) -> Table:
     return table
 
 
-def default_teacher(run_dir: str | Path, method: str = "gkd") -> str:
-    """The teacher with the highest mean alignment of `method` over the run."""
+def default_teacher(run_dir: str | Path, method: str = "gkd",
+                    min_sr_range: float | None = None) -> str:
+    """The teacher with the highest mean alignment of `method` over the run (over the nodes
+    with SR range >= `min_sr_range` when given)."""
     run = load_run(run_dir, ("nodes",))
-    df, _ = decision_points(run.nodes, method)
+    df, _ = decision_points(high_stakes(run.nodes, min_sr_range), method)
     df = df[df["teacher"].isin(run.teachers)]
     if df.empty:
         if not run.scored_teachers:
@@ -135,19 +138,22 @@ def render_path(
     console: Console | None = None,
     *,
     method: str = "gkd",
+    min_sr_range: float | None = None,
 ) -> None:
     """Print path `path_id` of question `qid` (an id, or a 0-based index into the run's
     questions), coloured by the alignment of `teacher` (default: the teacher with the best
-    mean alignment) under `method`."""
+    mean alignment) under `method`. With `min_sr_range`, only decision points with SR range
+    >= it count as such (the others are shown as plain tokens)."""
     run = load_run(run_dir, ("questions", "paths", "children", "distributions", "nodes"))
     console = console or Console()
     if teacher is None:
-        teacher = default_teacher(run_dir, method)
+        teacher = default_teacher(run_dir, method, min_sr_range)
     if teacher not in run.scored_teachers:
         raise ValueError(f"unknown teacher {teacher!r}; this run has: "
                          f"{', '.join(run.scored_teachers) or 'none'}")
     if method not in run.methods and run.methods:
         raise ValueError(f"unknown method {method!r}; this run has: {', '.join(run.methods)}")
+    run.tables["nodes"] = high_stakes(run.nodes, min_sr_range)
     qid = resolve_question(run, qid)
     views = path_views(run, only=(qid, int(path_id)))
     if not views:
@@ -166,6 +172,8 @@ def render_path(
                 style="bold green" if view.correct else "bold magenta")
     head.append(f" · teacher {visible(teacher)} · {method} · {len(view.tokens)} tokens, "
                 f"{len(view.nodes)} decision points, mean align {mean}")
+    if min_sr_range is not None:
+        head.append(f" · high-stakes only (SR range ≥ {min_sr_range:g})")
     console.print(head)
     console.print(legend())
     console.print()

@@ -26,9 +26,11 @@ import pandas as pd
 from distillscope import analysis
 from distillscope.report import html as H
 from distillscope.report import plots
+from distillscope.report.compare_plots import sr_range_plot
 from distillscope.report.data import Run, load_run, path_views
-from distillscope.report.findings import headline_findings
+from distillscope.report.findings import Finding, headline_findings
 from distillscope.report.header import provenance_items, truncated_rollouts
+from distillscope.stakes import check_threshold, high_stakes, per_question_ranking, sr_range_values
 
 __all__ = ["truncated_rollouts", "write_report"]
 
@@ -205,10 +207,13 @@ def write_report(
     n_boot: int = 2000,
     n_perm: int = 10000,
     max_depth_paths: int = 8,
+    min_sr_range: float | None = None,
 ) -> Path:
     """Compute the analysis of `run_dir` and write the report into `out_dir` (default
-    RUN_DIR/report/): summary.json, tables/<name>.csv and .md, figures/*.png and report.html.
-    Returns the path of report.html. `seed` fixes the bootstrap and permutation draws.
+    RUN_DIR/report/, or RUN_DIR/report-sr<T>/ with `min_sr_range`): summary.json,
+    tables/<name>.csv and .md, figures/*.png and report.html. Returns the path of report.html.
+    `seed` fixes the bootstrap and permutation draws. `min_sr_range`: every table, figure and
+    path view on the decision points with SR range >= that threshold only.
 
     All or nothing: the files are written into a temporary folder beside `out_dir`, which
     replaces `out_dir` once complete. Disk full or a read-only folder: StoreError."""
@@ -222,7 +227,9 @@ def write_report(
 
     run = load_run(run_dir, REPORT_TABLES)
     run.truncated = truncated_rollouts(RunStore(run.run_dir))
-    final = Path(out_dir) if out_dir is not None else run.run_dir / "report"
+    min_sr_range = check_threshold(min_sr_range)
+    default = "report" if min_sr_range is None else f"report-sr{min_sr_range:g}"
+    final = Path(out_dir) if out_dir is not None else run.run_dir / default
     try:
         key = acquire_lock(final.parent / f".{final.name}.lock", what="report")
     except OSError as err:
@@ -234,7 +241,7 @@ def write_report(
             if out.exists():
                 shutil.rmtree(out)
             out.mkdir(parents=True)
-            _build(run, out, seed, method, n_boot, n_perm, max_depth_paths)
+            _build(run, out, seed, method, n_boot, n_perm, max_depth_paths, min_sr_range)
             _swap_in(out, final)
         except OSError as err:
             if err.errno == errno.ENOSPC:
@@ -315,9 +322,12 @@ def _is_report_file(rel: Path) -> bool:
 
 
 def _build(run: Run, out: Path, seed: int, method: str, n_boot: int, n_perm: int,
-           max_depth_paths: int) -> None:
+           max_depth_paths: int, min_sr_range: float | None) -> None:
+    all_sr = sr_range_values(run.nodes, method)
+    run.tables["nodes"] = high_stakes(run.nodes, min_sr_range)
     nodes = run.nodes
     results = analysis.analyze(nodes, method, seed=seed, n_boot=n_boot, n_perm=n_perm)
+    results["per_question_ranking"] = per_question_ranking(nodes, method)
     summary = analysis.summarize(nodes, results, method)
     summary.update(run_summary(run))
     summary["report/seed"] = seed
@@ -327,6 +337,7 @@ def _build(run: Run, out: Path, seed: int, method: str, n_boot: int, n_perm: int
     n_ro, n_trunc = run.truncated
     summary["rollouts/truncated"] = n_trunc
     summary["rollouts/truncated_fraction"] = (n_trunc / n_ro) if n_ro else None
+    summary["report/min_sr_range"] = min_sr_range
 
     # tables
     for name, df in results.items():
@@ -356,12 +367,20 @@ def _build(run: Run, out: Path, seed: int, method: str, n_boot: int, n_perm: int
         "path_depth": (plots.path_depth_plot(nodes, top, method, max_depth_paths),
                        f"<b>Figure 4.</b> Alignment along depth for the first "
                        f"{max_depth_paths} paths, teacher {H.esc(top)} (cf. appendix E.2)."),
+        "sr_range": (sr_range_plot({"all decision points": all_sr}, min_sr_range),
+                     "<b>Figure 5.</b> Distribution of SR range over distinct decision points "
+                     "(dashed: the --min-sr-range threshold, when set)."),
     }
     for name, (png, _) in figs.items():
         _atomic_write(out / "figures" / f"{name}.png", png)
 
     # html
     findings = headline_findings(results, summary, method)
+    if min_sr_range is not None:
+        findings.append(Finding("High-stakes nodes only", f"Every table, figure and path view "
+                                f"here uses the decision points with SR range ≥ "
+                                f"{min_sr_range:g} ({len(nodes):,} of the run's node rows).",
+                                "note"))
     body: list[tuple[str, str]] = []
     fig_html = "".join(H.figure_html(png, cap, name.replace("_", " "))
                        for name, (png, cap) in figs.items())
@@ -377,6 +396,7 @@ def _build(run: Run, out: Path, seed: int, method: str, n_boot: int, n_perm: int
             continue
         tables_html.append(f"<h3>{H.esc(heading)}</h3>" + H.table_html(df, cols, caption))
     tables_html.append(_spearman_html(results["within_path_spearman"]))
+    tables_html.append(_per_question_html(results["per_question_ranking"]))
     body.append(("Tables", "".join(tables_html)))
 
     views = path_views(run)
@@ -396,7 +416,9 @@ def _build(run: Run, out: Path, seed: int, method: str, n_boot: int, n_perm: int
                   f"{summary.get('run/n_questions', 0)} questions, "
                   f"{summary.get('run/n_paths', 0)} scored paths, {n_nodes} decision points, "
                   f"{len(teachers)} teacher(s). Bootstrap {n_boot} draws, permutation up to "
-                  f"{n_perm}, seed {seed}."),
+                  f"{n_perm}, seed {seed}."
+                  + (f" High-stakes nodes only: SR range ≥ {min_sr_range:g}."
+                     if min_sr_range is not None else "")),
         meta=meta,
         provenance_text=json.dumps(run.provenance, indent=2, sort_keys=True, default=str),
         config_text=_config_text(run),
@@ -407,6 +429,18 @@ def _build(run: Run, out: Path, seed: int, method: str, n_boot: int, n_perm: int
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     )
     _atomic_write(out / "report.html", page)
+
+
+def _per_question_html(pq: pd.DataFrame) -> str:
+    """The teacher ranking within each question (the paper's AIME case studies), collapsed."""
+    cols = [H.Col("qid", "Question", "s"), H.Col("rank", "#", "d"),
+            H.Col("teacher", "Teacher", "s"), H.Col("mean", "Mean align", "+3"),
+            H.Col("n_nodes", "Nodes", "d"), H.Col("question_sr_mean", "Question mean SR", "3")]
+    n_q = pq["qid"].nunique() if len(pq) else 0
+    return (f'<details class="question"><summary>Per-question teacher ranking ({n_q} '
+            "questions)</summary>" + H.table_html(pq, cols, "Per question: each teacher's mean "
+            "alignment over its decision points there, ranked within the question.")
+            + "</details>")
 
 
 def _config_text(run: Run) -> str:

@@ -1,0 +1,69 @@
+"""The `compare` command and the shared `--min-sr-range` option (registered by cli.py).
+
+    distillscope compare RUN_DIR RUN_DIR... --out DIR [--label L ...] [--min-sr-range T]
+
+Kept apart from cli.py so that file stays small; heavy imports happen inside the command.
+Errors the user can fix end with one 'error: ...' line and exit code 2, as in cli.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+MIN_SR_OPT = typer.Option(None, "--min-sr-range", help="High-stakes nodes only: recompute "
+                          "everything on decision points with SR range >= this (0-1).")
+TEST_METHODS = ("gkd", "sampled", "minillm")
+
+
+def _check(run_dirs: list[Path], out: Path) -> None:
+    if len(run_dirs) < 2:
+        raise ValueError("compare needs at least two run directories")
+    for d in run_dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"run directory not found: {d}")
+        if not (d / "config.yaml").is_file():
+            raise ValueError(f"{d} is not a distillscope run (no config.yaml)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a directory")
+
+
+def compare_command(
+    run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories (settings)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for compare.html, tables/, "
+                             "figures/ and compare.json."),
+    label: list[str] = typer.Option([], "--label", help="Setting label per run, in order "
+                                    "(default: the run's student and task)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
+    method: str = typer.Option("gkd", help="Method of the headline test: gkd, sampled or "
+                               "minillm (table 1 is written for every method)."),
+    min_sr_range: Optional[float] = MIN_SR_OPT,
+) -> None:
+    """Settings side by side: table 1 per method, correct vs incorrect, table 5, and a test of
+    whether the best teacher depends on the setting (teacher x setting interaction).
+
+    Writes OUT/compare.html, OUT/compare.json, OUT/tables/*.csv|md, OUT/figures/*.png and
+    prints the verdict in words."""
+    from rich.text import Text
+
+    err_console = Console(stderr=True)
+    try:
+        _check(run_dirs, out)
+        if method not in TEST_METHODS:
+            raise ValueError(f"--method must be gkd, sampled or minillm; got '{method}'")
+        from distillscope.report.compare_page import write_compare
+
+        path = write_compare(run_dirs, out, labels=label or None, seed=seed, method=method,
+                             min_sr_range=min_sr_range)
+    except (ValueError, OSError, KeyError, RuntimeError) as err:  # StoreError is a RuntimeError
+        err_console.print(Text.assemble(("error: ", "bold red"), str(err)))
+        raise typer.Exit(2) from None
+    summary = json.loads((out / "compare.json").read_text(encoding="utf-8"))
+    err_console.print(f"compare: {path} (compare.json, tables/, figures/ beside it)",
+                      markup=False, highlight=False)
+    Console().print(str(summary.get(f"verdict/{method}/text", "")), markup=False,
+                    highlight=False)
