@@ -75,7 +75,7 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     """Where a model comes from and how to run it."""
 
-    backend: Literal["hf", "vllm", "toy"] = "hf"
+    backend: Literal["hf", "vllm", "toy", "openai"] = "hf"
     model: str = Field(
         "embedded:smollm2-135m",
         description="HF model id, local path, or 'embedded:smollm2-135m' (the bundled GGUF).",

@@ -15,6 +15,7 @@ _BACKENDS: dict[str, tuple[str, str, str | None]] = {
     "hf": ("distillscope.models.hf", "load_hf_model", None),
     "vllm": ("distillscope.models.vllm", "load_vllm_model", "vllm"),
     "toy": ("distillscope.models.toy", "load_toy_model", None),
+    "openai": ("distillscope.models.openai", "load_openai_model", None),
 }
 
 
