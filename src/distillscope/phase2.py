@@ -86,6 +86,10 @@ def score_teacher_on_question(rt: Runtime, t: Teacher | None, q: Question, paths
                        t.contexts[q.qid] if t else None, ids,
                        tau=cfg.tau, extra=np.stack([dp.depth.to_numpy(), dp.token.to_numpy()], 1),
                        topk=sc.topk_overlap, chunk_size=sc.chunk_size)
+        # a top-k teacher says which ids it served exactly at each position (models/topk.py)
+        revealed = (getattr(t.model, "revealed_ids", {}).get(tuple(int(x) for x in ids))
+                    if t else None)
+        topk = int(getattr(t.model, "k", 0) or 0) if t else 0
         ps = lookup(s.cand_pos_C, s.cand_tok_C, s.p_student_C)
         pt = lookup(s.cand_pos_C, s.cand_tok_C, s.p_teacher_C)
         rtg = np.cumsum((s.logp_teacher_taken_T - s.logp_student_taken_T)[::-1])[::-1]
@@ -127,6 +131,9 @@ def score_teacher_on_question(rt: Runtime, t: Teacher | None, q: Question, paths
                 "sr_range": float(p_hat.max() - p_hat.min()), "n_children": len(toks),
                 "visits": int(node.visits.sum()), "path_correct": bool(p.correct),
                 "path_token": path_tok, "restrict": restrict, "estimator": cfg.estimator,
+                "teacher_topk": topk,
+                "su_bounded": (sum(int(k) not in revealed[int(depth)] for k in toks)
+                               if revealed is not None else 0),
                 **{f: float(s.features[f][depth]) for f in FEATURES},
             }
             for m, g in grads.items():

@@ -112,7 +112,11 @@ NODES = pa.schema(
         ("path_correct", pa.bool_()),
         ("path_token", pa.int32()),  # the token the path took at this node
         ("restrict", pa.string()),  # renorm | project
-        ("estimator", pa.string()),  # unbiased | paper | backup
+        ("estimator", pa.string()),  # unbiased | paper
+        # a top-k teacher (served or truncated): its k (0 = full vocabulary), and how many S_u
+        # tokens fell outside its top-k there (their value is the tail share, an upper bound)
+        ("teacher_topk", pa.int32()),
+        ("su_bounded", pa.int32()),
     ]
     + [(f, pa.float64()) for f in FEATURES]
 )
