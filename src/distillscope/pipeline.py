@@ -26,6 +26,7 @@ from distillscope.phase0 import phase0
 from distillscope.phase1 import enrich_added_teacher, phase1
 from distillscope.phase2 import phase2
 from distillscope.progress import Reporter
+from distillscope.rerun import check_questions, forced_changes, uncommit_everywhere
 from distillscope.runtime import Runtime, get_model, load_runtime, provenance, question_key
 from distillscope.store import RunStore, StoreError, run_lock
 
@@ -55,10 +56,10 @@ def _run(config: RunConfig, out: str | Path, *, reporter: Reporter | None,
          teachers_only: list[str] | None, score: bool, no_new_rollouts: bool,
          enrich: list[str] | None) -> Runtime:
     store = RunStore(out)
-    redo = _forced_changes(store, config) if force else []
+    redo = forced_changes(store, config) if force else []
     config = store.open_for(config, force=force)
     for unit_infix in redo:
-        _uncommit_everywhere(store, unit_infix)
+        uncommit_everywhere(store, unit_infix)
     if teachers_only is not None:
         config_run = config.model_copy(
             update={"teachers": [t for t in config.teachers if t.name in teachers_only]})
@@ -68,7 +69,7 @@ def _run(config: RunConfig, out: str | Path, *, reporter: Reporter | None,
     for line in store.damage_report():
         rt.reporter.log(f"warning: {line}: it will be recomputed")
     store.provenance_meta = {"distillscope.config_fingerprint": config.fingerprint()}
-    _check_questions(rt)
+    check_questions(rt)
     if config.screen.select:
         _select_by_screening(rt, models)
     if no_new_rollouts or enrich:
@@ -88,80 +89,6 @@ def _run(config: RunConfig, out: str | Path, *, reporter: Reporter | None,
     _record_provenance(rt, score, borrowed=teachers_only if no_new_rollouts else None,
                        own=enrich, grown=len(grown))
     return rt
-
-
-# What a forced rerun may change on a run that holds work, and which units it then redoes
-# (`/c-`: every teacher's scores and the RL baseline; `/z-children`: the children tables and
-# the student's probabilities at the decision points). task.* may change only as long as the
-# questions stay the same (`_check_questions`). Anything else shapes the stored rollouts.
-FORCE_REDO = {"scoring.restrict": ["/c-"], "scoring.topk_overlap": ["/c-"],
-              "scoring.chunk_size": ["/c-"], "tree.n_sig": ["/z-children", "/c-"]}
-
-
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-def _forced_changes(store: RunStore, config: RunConfig) -> list[str]:
-    """`--force` on a run with work: the units to redo for the fields that changed, or a
-    StoreError naming the fields a forced rerun cannot change without lying (the stored
-    rollouts were made under the old values)."""
-    if not store.exists() or not store.has_work():
-        return []
-    old, new = (_flat(c.model_dump(mode="json", exclude={"teachers", "name"}))
-                for c in (store.load_config(), config))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    bad = [k for k in changed if k not in FORCE_REDO and not k.startswith("task.")]
-    if "tree.n_sig" in changed and config.tree.budget != "fixed":
-        bad.append("tree.n_sig (with tree.budget: adaptive, it steers the rollouts)")
-    if bad:
-        raise StoreError(
-            f"{store.dir}: --force cannot apply {', '.join(bad)} to this run: the rollouts "
-            f"stored there were made under the old value(s), and its tables would claim the "
-            f"new ones. Use a new --out (a forced rerun may change "
-            f"{', '.join(sorted(FORCE_REDO))}, and task fields that keep the same questions)"
-        )
-    return sorted({u for k in changed for u in FORCE_REDO.get(k, [])})
-
-
-def _uncommit_everywhere(store: RunStore, infix: str) -> None:
-    """Forget every unit whose key contains `infix` (e.g. '/c-': all scores, every question)."""
-    for prefix in sorted({u[: u.index(infix) + len(infix)] for u in store.done_units()
-                          if infix in u}):
-        store.uncommit(prefix)
-
-
-def questions_digest(rt: Runtime) -> str:
-    """A hash of the questions as loaded (ids, prompts as shown, gold answers, verifier
-    options): an edited task file or dataset changes it."""
-    import hashlib
-    import json
-
-    items = [[q.qid, rt.task.user_message(q), q.answer, q.meta] for q in rt.questions]
-    blob = json.dumps(items, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _check_questions(rt: Runtime) -> None:
-    """The stored work was made from these very questions, or the run is refused: a gold
-    answer edited since would otherwise reuse rewards graded against the old one."""
-    digest = questions_digest(rt)
-    prov = rt.store.read_json("provenance.json")
-    if prov.get("questions_digest") not in (None, digest) and rt.store.has_work():
-        raise StoreError(
-            f"{rt.store.dir}: the questions of task '{rt.config.task.name}' changed since this "
-            f"run was made (digest {prov['questions_digest']} -> {digest}: an edited task "
-            f"file, answer or dataset version); its rollouts were graded against the old ones. "
-            f"Use a new --out"
-        )
-    if prov.get("questions_digest") != digest:
-        prov["questions_digest"] = digest
-        rt.store.write_json("provenance.json", prov)
 
 
 def _select_by_screening(rt: Runtime, models: dict[str, LanguageModel] | None) -> None:
