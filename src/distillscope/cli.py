@@ -403,6 +403,7 @@ def show(
                                           "tokens (default: the best-ranked)."),
     method: str = typer.Option("gkd", help=f"Gradient compared with the ideal: {METHODS}."),
     min_sr_range: Optional[float] = MIN_SR_OPT,
+    tree: bool = typer.Option(False, "--tree", help="Show the path's generation tree."),
 ) -> None:
     """One representative path, token by token, coloured by alignment, in the terminal.
 
@@ -413,7 +414,7 @@ def show(
     try:
         _check_run_dir(run_dir)
         render_path(run_dir, question, path, teacher=teacher, console=Console(), method=method,
-                    min_sr_range=min_sr_range)
+                    min_sr_range=min_sr_range, tree=tree)
     except (*_errors(), KeyError, ValueError) as err:
         _fail(err)
 
