@@ -284,6 +284,7 @@ def show(
                                           "tokens (default: the best-ranked)."),
     method: str = typer.Option("gkd", help=f"Gradient compared with the ideal: {METHODS}."),
     min_sr_range: Optional[float] = MIN_SR_OPT,
+    tree: bool = typer.Option(False, "--tree", help="Show the path's generation tree."),
 ) -> None:
     """One representative path, token by token, coloured by alignment, in the terminal.
 
@@ -293,7 +294,7 @@ def show(
 
     try:
         render_path(_check_run_dir(run_dir), question, path, teacher=teacher, console=Console(),
-                    method=method, min_sr_range=min_sr_range)
+                    method=method, min_sr_range=min_sr_range, tree=tree)
     except (KeyError, ValueError) as err:
         _fail(err)
 

@@ -139,11 +139,13 @@ def render_path(
     *,
     method: str = "gkd",
     min_sr_range: float | None = None,
+    tree: bool = False,
 ) -> None:
     """Print path `path_id` of question `qid` (an id, or a 0-based index into the run's
     questions), coloured by the alignment of `teacher` (default: the teacher with the best
     mean alignment) under `method`. With `min_sr_range`, only decision points with SR range
-    >= it count as such (the others are shown as plain tokens)."""
+    >= it count as such (the others are shown as plain tokens). `tree`: the path's generation
+    tree (every node's children) instead of the decision-point table."""
     run = load_run(run_dir, ("questions", "paths", "children", "distributions", "nodes"))
     console = console or Console()
     if teacher is None:
@@ -179,7 +181,12 @@ def render_path(
     console.print()
     console.print(path_text(view, teacher, method))
     console.print()
-    if view.nodes:
+    if tree:
+        from distillscope.report.tree_view import path_tree, tree_rich
+
+        console.print(tree_rich(path_tree(run, qid, int(path_id), teacher, method), teacher,
+                                method, f"question {visible(str(qid))} · path {path_id}"))
+    elif view.nodes:
         console.print(decision_table(view, teacher, method))
     else:
         console.print(Text("No decision point on this path.", style="italic"))

@@ -185,3 +185,46 @@ def test_cli_compare_says_what_it_found(tmp_path):
     bad = CliRunner().invoke(app, ["compare", str(a), str(tmp_path / "nope"), "--out",
                                    str(tmp_path / "o2")])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_wilson_interval_and_generation_tree(tmp_path):
+    from distillscope.report.data import load_run
+    from distillscope.report.tree_view import path_tree, tree_html, tree_rich, wilson
+
+    lo, hi = wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    assert wilson(0, 20)[0] == 0.0 and math.isnan(wilson(0, 0)[0])
+    run = load_run(make_synthetic_run(tmp_path / "r"))
+    tree = path_tree(run, "q0", 0, "self-1c")
+    assert len(tree) == 20 and [n.depth for n in tree if n.decision] == list(range(0, 19, 2))
+    dp = tree[4]  # the hostile script token sits at this decision point
+    assert dp.token == SCRIPT_TOKEN and [c.visits for c in dp.children] == [40, 25, 5]
+    assert [c.in_su for c in dp.children] == [True, True, False] and dp.children[0].on_path
+    html = tree_html(tree, "self-1c", "gkd", "a <b>path</b>")
+    assert SCRIPT_TOKEN not in html and "&lt;script&gt;" in html and "<b>path" not in html
+    assert html.count('<details class="tnode dp" open>') == 10
+    buf = __import__("io").StringIO()
+    __import__("rich.console", fromlist=["Console"]).Console(file=buf, width=160).print(
+        tree_rich(tree, "self-1c", "gkd", "q0 · path 0"))
+    assert "\x1b[31m" not in buf.getvalue() and "P̂=" in buf.getvalue()
+
+
+def test_show_tree_and_high_stakes_cli(tmp_path):
+    a = make_synthetic_run(tmp_path / "a")
+    res = CliRunner().invoke(app, ["show", str(a), "--question", "q1", "--path", "0", "--tree",
+                                   "--min-sr-range", "0.2"])
+    assert res.exit_code == 0, res.output
+    assert "high-stakes only (SR range ≥ 0.2)" in res.output and "P̂=" in res.output
+    res = CliRunner().invoke(app, ["export-weights", str(a), "--teacher", "self-1c", "--out",
+                                   str(tmp_path / "w.parquet"), "--min-sr-range", "0.2"])
+    assert res.exit_code == 0, res.output
+    w = pd.read_parquet(tmp_path / "w.parquet")
+    full = __import__("distillscope.export", fromlist=["x"]).weights_frame(a, "self-1c")
+    assert 0 < w["align"].notna().sum() < full["align"].notna().sum()
+    res = CliRunner().invoke(app, ["report", str(a), "--min-sr-range", "0.2"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((a / "report-sr0.2" / "summary.json").read_text())
+    assert s["report/min_sr_range"] == 0.2 and (a / "report-sr0.2" / "tables" /
+                                                "per_question_ranking.csv").is_file()
+    bad = CliRunner().invoke(app, ["report", str(a), "--min-sr-range", "2"])
+    assert bad.exit_code == 2 and "[0, 1]" in bad.output

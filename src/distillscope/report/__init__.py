@@ -30,6 +30,7 @@ from distillscope.report.compare_plots import sr_range_plot
 from distillscope.report.data import Run, load_run, path_views
 from distillscope.report.findings import Finding, headline_findings
 from distillscope.report.header import provenance_items, truncated_rollouts
+from distillscope.report.tree_view import TREE_CSS, path_tree, tree_html
 from distillscope.stakes import check_threshold, high_stakes, per_question_ranking, sr_range_values
 
 __all__ = ["truncated_rollouts", "write_report"]
@@ -400,6 +401,13 @@ def _build(run: Run, out: Path, seed: int, method: str, n_boot: int, n_perm: int
     body.append(("Tables", "".join(tables_html)))
 
     views = path_views(run)
+    if views:  # figure 1 of the paper: the tree of the path with the most decision points
+        v = max(views, key=lambda v: (len(v.nodes), -views.index(v)))
+        body.append((f"Generation tree · question {v.qid}, path {v.path_id}",
+                     f"<style>{TREE_CSS}</style>" + tree_html(
+                         path_tree(run, v.qid, v.path_id, top, method), top, method,
+                         f"{'correct' if v.correct else 'incorrect'} path, {len(v.tokens)} "
+                         f"tokens, {len(v.nodes)} decision points")))
     combo = (top, method)
     q = run.tables["questions"]
     prompts = dict(zip(q["qid"].astype(str), q["prompt"].astype(str), strict=True)) \
