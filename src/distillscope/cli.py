@@ -269,7 +269,10 @@ def report(
     run_path = _check_run_dir(run_dir)
     if method not in ("gkd", "sampled", "minillm", "drgrpo"):
         raise ConfigError(f"--method must be one of {METHODS}; got '{method}'")
-    html = _write_report(run_path, seed=seed, method=method, min_sr_range=min_sr_range)
+    try:
+        html = _write_report(run_path, seed=seed, method=method, min_sr_range=min_sr_range)
+    except ValueError as err:  # e.g. --min-sr-range outside [0, 1]
+        raise ConfigError(str(err)) from None
     _warn_truncated(run_path)
     _print_ranking(html, run_path, method)
 

@@ -100,7 +100,8 @@ def make_synthetic_run(run_dir: Path, *, seed: int = 0, exact: bool = False) -> 
                 base = {"qid": qid, "path_id": pid, "depth": depth,
                         "depth_norm": depth / (len(toks) - 1), "sr_range": sr, "n_children": 2,
                         "visits": 65, "path_correct": correct, "path_token": ids[depth],
-                        "restrict": "renorm", "estimator": "unbiased"}
+                        "restrict": "renorm", "estimator": "unbiased", "teacher_topk": 0,
+                        "su_bounded": 0}
                 for t, mu in zip(TEACHERS, (0.35, 0.0), strict=True):
                     adv = float(rng.normal(0.01, 0.02))
                     feats = {f: float(rng.uniform(0, 1)) for f in FEATURES}

@@ -17,7 +17,8 @@ def node(qid="q0", path_id=0, depth=0, teacher="t1", method="gkd", align=0.0, **
     row = {"qid": qid, "path_id": path_id, "depth": depth, "depth_norm": 0.0,
            "teacher": teacher, "method": method, "align": align, "align_exact": math.nan,
            "teacher_adv": 0.0, "sr_range": 0.5, "n_children": 2, "visits": 60,
-           "path_correct": True, "path_token": 1, "restrict": "renorm", "estimator": "unbiased"}
+           "path_correct": True, "path_token": 1, "restrict": "renorm", "estimator": "unbiased",
+           "teacher_topk": 0, "su_bounded": 0}
     row.update({f: 0.0 for f in FEATURES})
     row.update(kw)
     return row
