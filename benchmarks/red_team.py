@@ -638,12 +638,15 @@ def _kill_and_resume(ctx: Ctx, seed: int, kills: int = 3) -> tuple[str, str]:
                 time.sleep(rng.uniform(0, 0.15))
                 break
             time.sleep(0.01)
+        finished = proc.poll() is not None  # the run ended before the kill (a fast machine)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        killed_at.append(len(list(units.glob("*.done"))) if units.is_dir() else 0)
+        if not finished:
+            killed_at.append(len(list(units.glob("*.done"))) if units.is_dir() else 0)
+    if not killed_at:
+        # nothing was interrupted, so nothing about resume was tested (not a product fault)
+        return "silent", "no kill landed mid-run: the run finished before every kill"
     res = ctx.cli("run", ctx.small, "--out", out, "--no-report")
-    if "nothing recomputed" in res.output:
-        return "silent", f"no kill landed mid-run (units at each kill: {killed_at})"
     return success(res, lambda: same_as_reference(ctx, out))
 
 

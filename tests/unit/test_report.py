@@ -197,3 +197,16 @@ def test_show_errors_name_the_choices(run_dir):
     with pytest.raises(KeyError, match="question q0 has paths 0, 1"):
         render_path(run_dir, "q0", 7, console=_console())
     assert default_teacher(run_dir) == "self-1c"
+
+
+def test_ranking_plot_survives_a_mean_outside_its_percentile_interval():
+    """A percentile bootstrap interval can exclude its point estimate (two skewed questions):
+    the figure draws it instead of failing the whole report ('xerr' must not be negative)."""
+    import pandas as pd
+
+    from distillscope.report import plots
+
+    ranking = pd.DataFrame([{"rank": 1, "teacher": "a", "mean": 0.5, "ci_low": 0.6,
+                             "ci_high": 0.9, "n_nodes": 3}])
+    fig = plots.ranking_plot(ranking, "gkd")
+    assert fig is not None

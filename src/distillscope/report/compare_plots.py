@@ -31,7 +31,8 @@ def ranking_by_setting_plot(wide: pd.DataFrame, settings: Sequence[str], method:
         lo, hi = wide[f"{i}_lo"].to_numpy(float), wide[f"{i}_hi"].to_numpy(float)
         ok = np.isfinite(m)
         c = PALETTE[i % len(PALETTE)]
-        err = [np.nan_to_num(m - lo)[ok], np.nan_to_num(hi - m)[ok]]
+        # a percentile interval may exclude its point estimate: never a negative bar
+        err = [np.maximum(np.nan_to_num(m - lo), 0)[ok], np.maximum(np.nan_to_num(hi - m), 0)[ok]]
         ax.errorbar(m[ok], (y0 + offs[i])[ok], xerr=err, fmt="o", color=c, markersize=4,
                     capsize=2, elinewidth=1.1, label=s)
     ax.axvline(0, color="#333333", linewidth=0.8)
@@ -59,8 +60,8 @@ def correct_incorrect_by_setting_plot(cvi: pd.DataFrame, settings: Sequence[str]
                                      (-0.12, "weighted_cosine", "#e08214", "SR-weighted")):
         rows = c[c["metric"] == metric].set_index("setting").reindex(list(settings))
         d = rows["delta"].to_numpy(float)
-        lo = np.nan_to_num(d - rows["delta_ci_low"].to_numpy(float))
-        hi = np.nan_to_num(rows["delta_ci_high"].to_numpy(float) - d)
+        lo = np.maximum(np.nan_to_num(d - rows["delta_ci_low"].to_numpy(float)), 0)
+        hi = np.maximum(np.nan_to_num(rows["delta_ci_high"].to_numpy(float) - d), 0)
         ok = np.isfinite(d)
         ax.errorbar(d[ok], (y0 + off)[ok], xerr=[lo[ok], hi[ok]], fmt="o", color=color,
                     capsize=3, markersize=4, label=name)

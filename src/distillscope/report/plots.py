@@ -80,8 +80,10 @@ def ranking_plot(ranking: pd.DataFrame, method: str = "gkd") -> bytes:
     r = ranking.iloc[::-1]
     y = np.arange(n)
     m = r["mean"].to_numpy(float)
-    lo = np.where(np.isfinite(r["ci_low"]), m - r["ci_low"], 0)
-    hi = np.where(np.isfinite(r["ci_high"]), r["ci_high"] - m, 0)
+    # a percentile interval may exclude its point estimate (few, skewed questions): the bar
+    # then shows the interval's side only, never a negative length
+    lo = np.maximum(np.where(np.isfinite(r["ci_low"]), m - r["ci_low"], 0), 0)
+    hi = np.maximum(np.where(np.isfinite(r["ci_high"]), r["ci_high"] - m, 0), 0)
     colors = [POS if v > 0 else NEG for v in m]
     ax.errorbar(m, y, xerr=[lo, hi], fmt="none", ecolor="#888888", elinewidth=1.4, capsize=3)
     ax.scatter(m, y, c=colors, s=36, zorder=3)
@@ -129,8 +131,8 @@ def correct_incorrect_plot(nodes: pd.DataFrame, cvi: pd.DataFrame, method: str =
     c = cvi[cvi["metric"].isin(["mean_cosine", "weighted_cosine"])].reset_index(drop=True)
     y = np.arange(len(c))[::-1]
     d = c["delta"].to_numpy(float)
-    lo = np.nan_to_num(d - c["delta_ci_low"].to_numpy(float))
-    hi = np.nan_to_num(c["delta_ci_high"].to_numpy(float) - d)
+    lo = np.maximum(np.nan_to_num(d - c["delta_ci_low"].to_numpy(float)), 0)
+    hi = np.maximum(np.nan_to_num(c["delta_ci_high"].to_numpy(float) - d), 0)
     bx.errorbar(d, y, xerr=[lo, hi], fmt="o", color=NEUTRAL, capsize=3, markersize=5)
     bx.axvline(0, color="#333333", linewidth=0.8)
     labels = []
