@@ -165,7 +165,7 @@ def test_decision_points_are_scored_under_hf(resumed_run):
     got = set(zip(nodes.qid, nodes.path_id, nodes.depth, strict=True))
     assert got == set(zip(dp.qid, dp.path_id, dp.depth, strict=True))
     assert len(nodes) > 0
-    assert set(nodes.teacher) <= {"self-1c", "self-1c1w", "self-sum-1c"}
+    assert set(nodes.teacher) <= {"self-1c", "self-1c1w", "self-sum-1c", ""}  # "": Dr. GRPO
     a = nodes["align"].dropna()
     assert len(a) and ((a >= -1 - 1e-9) & (a <= 1 + 1e-9)).all()
     assert "student" in set(store.read("distributions").model)
