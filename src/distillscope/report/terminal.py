@@ -1,8 +1,8 @@
 """The teacher ranking as a terminal table that fits the terminal's width.
 
 Numbers are never cut: the rank, mean and CI columns keep their full width, long teacher names
-fold onto a second line, and the low-value columns (undefined, nodes, questions, then the
-separation column) are dropped one by one until the table fits. A terminal too narrow for
+stay whole while dropping a low-value column (undefined, nodes, questions, then the separation
+column) can make room, and fold onto a second line only after that. A terminal too narrow for
 even the four essential columns gets them anyway (the terminal wraps the line).
 """
 
@@ -55,8 +55,8 @@ def ranking_table(rank: pd.DataFrame, method: str, width: int) -> Table:
     rows = [_cells(r) for r in rank.itertuples(index=False)]
     widths = {h: max([len(h)] + [len(row[h]) for row in rows]) for h, _ in COLUMNS}
     cols = [h for h, _ in COLUMNS]
-    for col in DROP_ORDER:
-        if _width(cols, {**widths, "teacher": min(widths["teacher"], TEACHER_MIN)}) <= width:
+    for col in DROP_ORDER:  # names stay whole while a low-value column can make room
+        if _width(cols, widths) <= width:
             break
         cols.remove(col)
     # the teacher column takes what is left, at least TEACHER_MIN (its names fold)
