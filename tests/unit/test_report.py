@@ -210,3 +210,20 @@ def test_ranking_plot_survives_a_mean_outside_its_percentile_interval():
                              "ci_high": 0.9, "n_nodes": 3}])
     fig = plots.ranking_plot(ranking, "gkd")
     assert fig is not None
+
+
+def test_report_header_names_top_k_teachers_and_their_bounded_nodes():
+    import pandas as pd
+
+    from distillscope.report.header import topk_items
+
+    nodes = pd.DataFrame([
+        {"teacher": "served", "method": "gkd", "teacher_topk": 20, "su_bounded": 1},
+        {"teacher": "served", "method": "gkd", "teacher_topk": 20, "su_bounded": 0},
+        {"teacher": "served", "method": "sampled", "teacher_topk": 20, "su_bounded": 1},
+        {"teacher": "full", "method": "gkd", "teacher_topk": 0, "su_bounded": 0}])
+    (key, text), = topk_items(nodes)
+    assert key == "top-k teachers" and "full" not in text
+    assert "served (k=20): 1 of 2 decision points" in text and "Top-k teacher fidelity" in text
+    assert topk_items(nodes[nodes.teacher == "full"]) == []
+    assert topk_items(nodes.drop(columns=["teacher_topk", "su_bounded"])) == []

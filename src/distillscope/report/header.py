@@ -9,7 +9,7 @@ import pandas as pd
 
 from distillscope.report.data import Run
 
-__all__ = ["provenance_items", "truncated_rollouts"]
+__all__ = ["provenance_items", "topk_items", "truncated_rollouts"]
 
 
 def _first(*values: Any) -> Any:
@@ -59,6 +59,25 @@ def _run_scope_items(p: dict[str, Any]) -> list[tuple[str, Any]]:
     return out
 
 
+def topk_items(nodes: pd.DataFrame) -> list[tuple[str, Any]]:
+    """Teachers scored from top-k log-probabilities (a served teacher): their k, and at how many
+    decision points some S_u value is a bound (the tail share), with where the cost of top-k in
+    alignment terms was measured."""
+    if "teacher_topk" not in nodes or nodes.empty:
+        return []
+    top = nodes[(nodes["teacher_topk"].fillna(0) > 0) & (nodes["method"] == "gkd")]
+    if top.empty:
+        return []
+    parts = []
+    for t, d in top.groupby("teacher", sort=True):
+        k = int(d["teacher_topk"].max())
+        n_b = int((d["su_bounded"].fillna(0) > 0).sum())
+        parts.append(f"{t} (k={k}): {n_b} of {len(d)} decision points with an S_u value "
+                     "bounded, not exact")
+    return [("top-k teachers", "; ".join(parts) + ". What top-k costs in alignment: "
+             "benchmarks/RESULTS.md, 'Top-k teacher fidelity'")]
+
+
 def provenance_items(run: Run) -> list[tuple[str, Any]]:
     p, c = run.provenance, run.config
     versions = p.get("versions") or p.get("packages") or {}
@@ -84,6 +103,7 @@ def provenance_items(run: Run) -> list[tuple[str, Any]]:
         ("P_theta", "the student's plain softmax (temperature 1, no top-p), the distribution "
                     "the tree's rollouts were drawn from"),
         *_run_scope_items(p),
+        *topk_items(run.nodes),
         ("device", _first(p.get("device"), p.get("hardware")) or "unknown"),
         ("python", _first(p.get("python")) or "unknown"),
         ("versions", ver or "unknown"),
