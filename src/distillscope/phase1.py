@@ -80,13 +80,14 @@ def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, d
         res = rt.student.sample([r for _, r, _ in to_model], params,
                                 budgets=[b for _, _, b in to_model])
         outputs = {i: comps for (i, _, _), comps in zip(to_model, res, strict=True)}
-    # otherwise group requests by remaining budget so each model call has one max_new_tokens
-    for budget in sorted({b for _, _, b in to_model}) if not outputs else []:
-        batch = [(i, r) for i, r, b in to_model if b == budget]
-        params = SamplingParams(p.temperature, p.top_p, budget, p.stop_strings)
-        res = rt.student.sample([r for _, r in batch], params)
-        for (i, _), comps in zip(batch, res, strict=True):
-            outputs[i] = comps
+    else:
+        # one call per distinct remaining budget, so each call has one max_new_tokens
+        for budget in sorted({b for _, _, b in to_model}):
+            batch = [(i, r) for i, r, b in to_model if b == budget]
+            params = SamplingParams(p.temperature, p.top_p, budget, p.stop_strings)
+            res = rt.student.sample([r for _, r in batch], params)
+            for (i, _), comps in zip(batch, res, strict=True):
+                outputs[i] = comps
     rows = []
     rid = first_id
     for i, (req, meta) in enumerate(requests):

@@ -143,7 +143,8 @@ def score_teacher_on_question(rt: Runtime, t: Teacher | None, q: Question, paths
                     "align_exact": (G.cosine(ideal_exact, g)
                                     if g is not None and ideal_exact is not None else math.nan),
                 })
-            for k, v in zip(toks, p_t if t else [], strict=False):
-                dist_rows.append({"qid": q.qid, "path_id": p.path_id, "depth": int(depth),
-                                  "model": t.spec.name, "token": int(k), "prob": float(v)})
+            if t is not None:  # the RL baseline has no teacher distribution to store
+                for k, v in zip(toks, p_t, strict=True):
+                    dist_rows.append({"qid": q.qid, "path_id": p.path_id, "depth": int(depth),
+                                      "model": t.spec.name, "token": int(k), "prob": float(v)})
     return pd.DataFrame(node_rows), pd.DataFrame(dist_rows)

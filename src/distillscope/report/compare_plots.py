@@ -9,7 +9,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from distillscope.report.plots import NEUTRAL, _empty, _figure, _png, _style, _with_rc
+from distillscope.report.plots import (
+    NEUTRAL,
+    _empty,
+    _figure,
+    _png,
+    _style,
+    _with_rc,
+    ci_bars,
+)
 
 PALETTE = ("#2166ac", "#e08214", "#1b7837", "#762a83", "#b2182b", "#555555", "#8c510a",
            "#01665e")
@@ -31,8 +39,8 @@ def ranking_by_setting_plot(wide: pd.DataFrame, settings: Sequence[str], method:
         lo, hi = wide[f"{i}_lo"].to_numpy(float), wide[f"{i}_hi"].to_numpy(float)
         ok = np.isfinite(m)
         c = PALETTE[i % len(PALETTE)]
-        # a percentile interval may exclude its point estimate: never a negative bar
-        err = [np.maximum(np.nan_to_num(m - lo), 0)[ok], np.maximum(np.nan_to_num(hi - m), 0)[ok]]
+        below, above = ci_bars(m, lo, hi)
+        err = [below[ok], above[ok]]
         ax.errorbar(m[ok], (y0 + offs[i])[ok], xerr=err, fmt="o", color=c, markersize=4,
                     capsize=2, elinewidth=1.1, label=s)
     ax.axvline(0, color="#333333", linewidth=0.8)
@@ -60,8 +68,7 @@ def correct_incorrect_by_setting_plot(cvi: pd.DataFrame, settings: Sequence[str]
                                      (-0.12, "weighted_cosine", "#e08214", "SR-weighted")):
         rows = c[c["metric"] == metric].set_index("setting").reindex(list(settings))
         d = rows["delta"].to_numpy(float)
-        lo = np.maximum(np.nan_to_num(d - rows["delta_ci_low"].to_numpy(float)), 0)
-        hi = np.maximum(np.nan_to_num(rows["delta_ci_high"].to_numpy(float) - d), 0)
+        lo, hi = ci_bars(d, rows["delta_ci_low"], rows["delta_ci_high"])
         ok = np.isfinite(d)
         ax.errorbar(d[ok], (y0 + off)[ok], xerr=[lo[ok], hi[ok]], fmt="o", color=color,
                     capsize=3, markersize=4, label=name)

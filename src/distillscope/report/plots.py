@@ -69,6 +69,16 @@ def _style(ax) -> None:
 
 
 @_with_rc
+def ci_bars(center, low, high) -> tuple[np.ndarray, np.ndarray]:
+    """Error-bar lengths (below, above) of intervals around `center`. A percentile interval
+    may exclude its point estimate (few, skewed questions): that side is drawn as 0, never a
+    negative length (which matplotlib refuses); an unknown bound is 0 too."""
+    c = np.asarray(center, dtype=float)
+    lo = np.maximum(np.nan_to_num(c - np.asarray(low, dtype=float)), 0)
+    hi = np.maximum(np.nan_to_num(np.asarray(high, dtype=float) - c), 0)
+    return lo, hi
+
+
 def ranking_plot(ranking: pd.DataFrame, method: str = "gkd") -> bytes:
     """Teachers by question-weighted mean alignment (`mean`), 95% question-clustered bootstrap
     CI as error bars."""
@@ -80,10 +90,7 @@ def ranking_plot(ranking: pd.DataFrame, method: str = "gkd") -> bytes:
     r = ranking.iloc[::-1]
     y = np.arange(n)
     m = r["mean"].to_numpy(float)
-    # a percentile interval may exclude its point estimate (few, skewed questions): the bar
-    # then shows the interval's side only, never a negative length
-    lo = np.maximum(np.where(np.isfinite(r["ci_low"]), m - r["ci_low"], 0), 0)
-    hi = np.maximum(np.where(np.isfinite(r["ci_high"]), r["ci_high"] - m, 0), 0)
+    lo, hi = ci_bars(m, r["ci_low"], r["ci_high"])
     colors = [POS if v > 0 else NEG for v in m]
     ax.errorbar(m, y, xerr=[lo, hi], fmt="none", ecolor="#888888", elinewidth=1.4, capsize=3)
     ax.scatter(m, y, c=colors, s=36, zorder=3)
@@ -131,8 +138,7 @@ def correct_incorrect_plot(nodes: pd.DataFrame, cvi: pd.DataFrame, method: str =
     c = cvi[cvi["metric"].isin(["mean_cosine", "weighted_cosine"])].reset_index(drop=True)
     y = np.arange(len(c))[::-1]
     d = c["delta"].to_numpy(float)
-    lo = np.maximum(np.nan_to_num(d - c["delta_ci_low"].to_numpy(float)), 0)
-    hi = np.maximum(np.nan_to_num(c["delta_ci_high"].to_numpy(float) - d), 0)
+    lo, hi = ci_bars(d, c["delta_ci_low"], c["delta_ci_high"])
     bx.errorbar(d, y, xerr=[lo, hi], fmt="o", color=NEUTRAL, capsize=3, markersize=5)
     bx.axvline(0, color="#333333", linewidth=0.8)
     labels = []
