@@ -462,13 +462,42 @@ def test_generic_runner_uses_the_new_cache_argument(llama, tok, recwarn):
 
 
 def test_bfloat16_products_sample_close_to_float32(llama, tok):
-    """sample_dtype=bfloat16 (opt-in): greedy starts alike; the model's weights are intact."""
+    """matmul_dtype=bfloat16 (opt-in): greedy starts alike; the model's weights are intact."""
     before = {k: v.clone() for k, v in llama.state_dict().items()}
     prefix = _ids(tok, "The quick brown fox")
     f32 = HFModel(llama, tok, eos_token_ids=()).sample([SampleRequest(prefix, 1, 0)], GREEDY)
-    b16 = HFModel(llama, tok, eos_token_ids=(), sample_dtype="bfloat16").sample(
+    b16 = HFModel(llama, tok, eos_token_ids=(), matmul_dtype="bfloat16").sample(
         [SampleRequest(prefix, 1, 0)], GREEDY)
     assert f32[0][0].token_ids[:2] == b16[0][0].token_ids[:2]  # random tiny model: near ties
     assert all(torch.equal(v, before[k]) for k, v in llama.state_dict().items())
-    with pytest.raises(ModelError, match="sample_dtype"):
-        HFModel(llama, tok, sample_dtype="int3")
+    with pytest.raises(ModelError, match="matmul_dtype"):
+        HFModel(llama, tok, matmul_dtype="int3")
+
+
+def test_bfloat16_products_score_what_they_sample(llama, tok):
+    """matmul_dtype applies to scoring too: the greedy tokens drawn with bfloat16 products are
+    the argmax of the scored distribution, and scoring really changed (not the float32 path)."""
+    prefix = _ids(tok, "The quick brown fox")
+    b16 = HFModel(llama, tok, eos_token_ids=(), matmul_dtype="bfloat16")
+    f32 = HFModel(llama, tok, eos_token_ids=())
+    params = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=8)
+    (resp,) = b16.sample([SampleRequest(prefix, 1, 0)], params)[0]
+    lp16 = torch.cat(list(b16.logprob_chunks(prefix, resp.token_ids)))
+    lp32 = torch.cat(list(f32.logprob_chunks(prefix, resp.token_ids)))
+    picked = lp16.gather(1, torch.tensor(resp.token_ids)[:, None]).squeeze(1)
+    assert torch.all(picked >= lp16.max(dim=1).values - 1e-3)
+    assert 0 < float((lp16 - lp32).abs().max()) < 0.5
+    with pytest.raises(ModelError, match="fast runner"):
+        HFModel(llama, tok, matmul_dtype="bfloat16", runner="generic")
+
+
+def test_finished_slots_dropped_from_the_products_change_no_sample(llama, tok):
+    """On the CPU the fast runner computes only the running slots once some have ended (EOS
+    here for 1 token in 7, so samples end at many different steps): the samples equal the
+    generic runner's, which computes every slot."""
+    eos = tuple(range(0, llama.config.vocab_size, 7))
+    reqs = [SampleRequest(_ids(tok, "hello world"), 12, 5), SampleRequest(_ids(tok, "ab"), 5, 6)]
+    fast = HFModel(llama, tok, eos_token_ids=eos).sample(reqs, HOT)
+    generic = HFModel(llama, tok, eos_token_ids=eos, runner="generic").sample(reqs, HOT)
+    assert _tokens(fast) == _tokens(generic)
+    assert len({len(c.token_ids) for g in fast for c in g}) >= 4

@@ -100,10 +100,17 @@ class DecodeState:
     temperature: float
     top_p: float
 
-    def advance(self, logits_B_V: torch.Tensor) -> None:
-        """Draw the next token of every slot into column `step`, update done, step += 1."""
+    def advance(self, logits_B_V: torch.Tensor, rows_A: torch.Tensor | None = None) -> None:
+        """Draw the next token of every slot into column `step`, update done, step += 1.
+        With `rows_A` (the running slots, ascending), the logits are those rows' only (A, V);
+        every other slot is finished and gets no token."""
         u_B = self.u_B_S.index_select(1, self.step).squeeze(1)
-        tok_B, finite_B = draw_tokens(logits_B_V, u_B, self.temperature, self.top_p)
+        if rows_A is not None:
+            tok_A, finite_A = draw_tokens(logits_B_V, u_B[rows_A], self.temperature, self.top_p)
+            tok_B = torch.full_like(self.done_B, -1, dtype=torch.long).index_copy_(0, rows_A, tok_A)
+            finite_B = torch.ones_like(self.done_B).index_copy_(0, rows_A, finite_A)
+        else:
+            tok_B, finite_B = draw_tokens(logits_B_V, u_B, self.temperature, self.top_p)
         self.bad_B |= ~finite_B & ~self.done_B
         tok_B = torch.where(self.done_B, torch.full_like(tok_B, -1), tok_B)
         self.out_B_S.index_copy_(1, self.step, tok_B[:, None])
@@ -188,6 +195,10 @@ def _fuse(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         for lin in linears
     ]
     return w, torch.cat(biases)
+
+
+def _rows(x: torch.Tensor, rows_A: torch.Tensor | None) -> torch.Tensor:
+    return x if rows_A is None else x.index_select(0, rows_A)
 
 
 def _eps(norm: Any) -> float:
@@ -330,6 +341,20 @@ class DecodeRunner:
 
     def prefill(self, ids_L: torch.Tensor):
         """One prefix: per-layer keys and values (K, L, D) and the last position's logits (V)."""
+        ks, vs, x = self._forward(ids_L)
+        last = F.rms_norm(x[-1:], (self.hidden,), self.norm_w, self.norm_eps)
+        return ks, vs, self.head(last)[0]
+
+    def forward_hidden(self, ids_L: torch.Tensor) -> torch.Tensor:
+        """The final (normed) hidden states (L, hidden) of a sequence: `head` of row t gives
+        the logits of token t + 1, computed with the same products as sampling."""
+        x = self._forward(ids_L)[2]
+        return F.rms_norm(x, (self.hidden,), self.norm_w, self.norm_eps)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self._linear(h, self.head_w, self.head_b)
+
+    def _forward(self, ids_L: torch.Tensor):
         L = ids_L.shape[0]
         x = self.embed(ids_L)
         cos, sin = self.cos_P_D[:L][:, None], self.sin_P_D[:L][:, None]  # (L, 1, D)
@@ -343,12 +368,19 @@ class DecodeRunner:
             vr = v.repeat_interleave(self.R, dim=0)[None]
             o = F.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=self.scale)
             x = self._attn_out(ly, x, o[0].transpose(0, 1).reshape(L, self.H * self.D))
-        last = F.rms_norm(x[-1:], (self.hidden,), self.norm_w, self.norm_eps)
-        return ks, vs, self._linear(last, self.head_w, self.head_b)[0]
+        return ks, vs, x
 
-    def decode(self, st: DecodeState, kv: KVBuffers, upto: int) -> torch.Tensor:
+    def decode(
+        self, st: DecodeState, kv: KVBuffers, upto: int, rows_A: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One decode step for every slot (no host sync): logits (B, V) of the next token.
-        The input token out[:, step-1] goes to suffix slot step-1; slots >= upto are unread."""
+        The input token out[:, step-1] goes to suffix slot step-1; slots >= upto are unread.
+
+        `rows_A` (ascending slot indices, the running ones; CPU, eager only): the matrix
+        products, norms and the head run on those rows alone and the logits are (A, V), so
+        slots finished by EOS stop costing the weight products. Attention still runs over the
+        whole (group, sample) layout (a finished slot's output is computed and dropped); its
+        stale keys are read by no running slot, since each slot reads only its own suffix."""
         slot = st.step - 1
         tok_B = st.last_tokens()
         B = tok_B.shape[0]
@@ -356,18 +388,26 @@ class DecodeRunner:
         Gp = B // n
         L = kv.pre_k[0].shape[1]
         pos_B = (st.pos0_B + slot).clamp_(max=self.cos_P_D.shape[0] - 1)
+        if rows_A is not None:
+            tok_B, pos_B = tok_B[rows_A], pos_B[rows_A]
+            g_A, j_A, at = rows_A // n, rows_A % n, int(slot)
         cos, sin = self.cos_P_D[pos_B][:, None], self.sin_P_D[pos_B][:, None]  # (B, 1, D)
         invalid_U = torch.arange(upto, device=self.device) >= st.step
         x = self.embed(tok_B)
         for li, ly in enumerate(self.layers):
             q, k, v = self._attn_in(ly, x, cos, sin)
             # new key/value into suffix slot `slot`: buffers are (Gp, K, n, S, D)
-            kv.suf_k[li].index_copy_(3, slot, k.reshape(Gp, n, K, 1, D).transpose(1, 2))
-            kv.suf_v[li].index_copy_(3, slot, v.reshape(Gp, n, K, 1, D).transpose(1, 2))
+            if rows_A is not None:
+                kv.suf_k[li][g_A, :, j_A, at] = k
+                kv.suf_v[li][g_A, :, j_A, at] = v
+                q = q.new_zeros(B, self.H, D).index_copy_(0, rows_A, q)
+            else:
+                kv.suf_k[li].index_copy_(3, slot, k.reshape(Gp, n, K, 1, D).transpose(1, 2))
+                kv.suf_v[li].index_copy_(3, slot, v.reshape(Gp, n, K, 1, D).transpose(1, 2))
             q = (q.reshape(Gp, n, K, R, D) * self.scale).transpose(1, 2).contiguous()
             if self.attention == "triton":
                 o = self._triton(q, kv, li, st.step).transpose(1, 2)
-                x = self._attn_out(ly, x, o.reshape(B, self.H * D))
+                x = self._attn_out(ly, x, _rows(o.reshape(B, self.H * D), rows_A))
                 continue
             # scores (Gp, K, n, R, L + upto): the group's n*R query rows against its one
             # prefix in one product, each sample's R rows against its own suffix; one softmax
@@ -388,9 +428,8 @@ class DecodeRunner:
             o = torch.bmm(p[..., :L].view(Gp * K, n * R, L), kv.pre_v[li])
             o_suf = torch.bmm(p[..., L:].view(Gp * K * n, R, upto), vs)
             o = (o.view(Gp, K, n, R, D) + o_suf.view(Gp, K, n, R, D)).transpose(1, 2)
-            x = self._attn_out(ly, x, o.reshape(B, self.H * D))
-        x = F.rms_norm(x, (self.hidden,), self.norm_w, self.norm_eps)
-        return self._linear(x, self.head_w, self.head_b)
+            x = self._attn_out(ly, x, _rows(o.reshape(B, self.H * D), rows_A))
+        return self.head(F.rms_norm(x, (self.hidden,), self.norm_w, self.norm_eps))
 
     @staticmethod
     def _triton(q: torch.Tensor, kv: KVBuffers, li: int, step: torch.Tensor) -> torch.Tensor:

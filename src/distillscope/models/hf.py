@@ -43,8 +43,9 @@ OPTIONS: dict[str, str] = {
     "cascade": "shared-prefix attention (default true); false = a prefix KV copy per sample",
     "cuda_graphs": "capture the decode step as CUDA graphs (default true on CUDA)",
     "runner": "auto | fast | generic (fast = our Llama-family decode loop)",
-    "sample_dtype": "dtype of the fast runner's matrix products while sampling (default: the "
-    "model's; bfloat16 = weight copies, norms/attention/softmax in the model's dtype)",
+    "matmul_dtype": "dtype of the weight matrix products, in sampling and in scoring alike "
+    "(default: the model's; bfloat16 = weight copies, norms/attention/softmax in the model's "
+    "dtype; needs the fast runner)",
     "attention": "decode attention of the fast runner: torch (default) | triton (the fused "
     "cascade kernel of models/triton_attention.py; needs triton)",
     "attn_implementation": "transformers attention of scoring and generic-runner forwards (sdpa)",
@@ -173,7 +174,7 @@ def _dtype_option(value: str | torch.dtype | None) -> torch.dtype | None:
         return value
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if value not in names:
-        raise ModelError(f"sample_dtype must be one of {', '.join(names)}, got '{value}'")
+        raise ModelError(f"matmul_dtype must be one of {', '.join(names)}, got '{value}'")
     return names[value]
 
 
@@ -202,7 +203,7 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
         runner: str = "auto",
         eos_token_ids: Sequence[int] | None = None,
         check_every: int | None = None,
-        sample_dtype: str | torch.dtype | None = None,
+        matmul_dtype: str | torch.dtype | None = None,
         attention: str = "torch",
     ) -> None:
         if runner not in ("auto", "fast", "generic"):
@@ -227,7 +228,14 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
             raise ModelError(f"runner 'fast' does not support model type '{cfg.model_type}'")
         self._use_fast = fast_ok and runner != "generic"
         self._fast: DecodeRunner | None = None  # built on the first sample() call
-        self.sample_dtype = _dtype_option(sample_dtype)
+        self.matmul_dtype = _dtype_option(matmul_dtype)
+        if self.matmul_dtype == next(model.parameters()).dtype:
+            self.matmul_dtype = None
+        if self.matmul_dtype is not None and not self._use_fast:
+            raise ModelError(
+                f"matmul_dtype needs the fast runner, which model type '{cfg.model_type}' "
+                f"does not have (or runner is 'generic')"
+            )
         self.attention = attention
         self.last_stats: dict[str, float] = {}
 
@@ -238,7 +246,7 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
             # model's own parameters become views of the fused weights
             with torch.inference_mode(False), torch.no_grad():
                 self._fast = DecodeRunner(
-                    self.model, self._max_context, self.sample_dtype, self.attention
+                    self.model, self._max_context, self.matmul_dtype, self.attention
                 )
         return self._fast
 
@@ -273,12 +281,18 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
             raise ModelError(f"chunk_size must be >= 1, got {chunk_size}")
         ids = torch.tensor([[*context_ids, *response_ids]], dtype=torch.long, device=self._device)
         with torch.inference_mode():
+            if self.matmul_dtype is not None:
+                # the sampler's products (runner.forward_hidden), so that the probabilities
+                # scored are those the samples were drawn from
+                run = self._runner
+                assert run is not None
+                h_T = run.forward_hidden(ids[0])[n_ctx - 1 : n_ctx - 1 + T]
+                return self._chunks(h_T, chunk_size, lambda h: run.head(h))
             out = self.model.base_model(input_ids=ids, use_cache=False)
             h_T = out.last_hidden_state[0, n_ctx - 1 : n_ctx - 1 + T]
-        return self._chunks(h_T, chunk_size)
+        return self._chunks(h_T, chunk_size, self.model.get_output_embeddings())
 
-    def _chunks(self, h_T: torch.Tensor, chunk_size: int) -> Iterator[torch.Tensor]:
-        head = self.model.get_output_embeddings()
+    def _chunks(self, h_T: torch.Tensor, chunk_size: int, head: Any) -> Iterator[torch.Tensor]:
         cap = getattr(self.model.config, "final_logit_softcapping", None)
         for start in range(0, h_T.shape[0], chunk_size):
             with torch.inference_mode():

@@ -229,9 +229,17 @@ class GroupSampler:
         self._sync()
         t1 = time.perf_counter()
         stats["time/prefill"] += t1 - t0
-        self._decode_loop(
-            st, S, lambda upto: st.advance(run.decode(st, kv, upto)), stats, params.stop_strings
-        )
+        compact = self._device.type != "cuda"  # CUDA graphs need the static shapes
+
+        def step(upto: int) -> None:
+            rows_A = None
+            if compact:
+                running = (~st.done_B).nonzero().squeeze(1)
+                if running.numel() < B:
+                    rows_A = running
+            st.advance(run.decode(st, kv, upto, rows_A), rows_A)
+
+        self._decode_loop(st, S, step, stats, params.stop_strings)
         stats["time/decode"] += time.perf_counter() - t1
         out = st.out_B_S.cpu()
         return [[_row(out[g * n + j]) for j in range(job.count)] for g, job in enumerate(batch)]
