@@ -1,6 +1,7 @@
 """Phase 1: the shared, teacher-independent generation tree of each question.
 
-    1. initial rollouts   G samples of the student's response to the question, graded
+    1. initial rollouts   G samples of the student's response to the question, graded (several
+                          questions per sampler call, one unit each)
     2. paths              representative responses (n_correct_paths + n_incorrect_paths)
     3. candidates         along each path, the children worth enriching: tokens the student
                           or any teacher gives probability > tau, ranked per depth window
@@ -21,6 +22,7 @@ teachers are scored later except the candidate ranking of step 3.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,8 +49,9 @@ def phase1(rt: Runtime) -> None:
         plans = []
         with rt.reporter.bar("phase 1: initial rollouts", len(rt.questions) * cfg.G,
                              unit="rollouts") as bar:
+            fresh = _initial_rollouts_batched(rt, bar)
             for q in rt.questions:
-                plan = plan_question(rt, q, bar)
+                plan = plan_question(rt, q, bar, counted=fresh)
                 if plan is not None:
                     plans.append(plan)
         # the fixed allocation's need is known; the adaptive one decides as it goes
@@ -59,15 +62,33 @@ def phase1(rt: Runtime) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, dict]],
-                 first_id: int) -> list[dict]:
+Requests = list[tuple[SampleRequest, dict]]
+
+
+def _sample_rows(rt: Runtime, q: Question, requests: Requests, first_id: int) -> list[dict]:
     """Sample the groups, grade them, and return rollout rows (ids from `first_id`)."""
+    return _sample_questions(rt, [(q, requests, first_id)])[0]
+
+
+def _sample_questions(rt: Runtime, jobs: list[tuple[Question, Requests, int]]) -> list[list[dict]]:
+    """`_sample_rows` of several questions in one sampler call (each request keeps its own
+    seed, so each question draws what it would draw alone)."""
+    flat = [(q, req, meta) for q, reqs, _ in jobs for req, meta in reqs]
+    outputs = _sample_flat(rt, flat)
+    out, i = [], 0
+    for q, reqs, first_id in jobs:
+        out.append(_grade_rows(rt, q, reqs, outputs[i:i + len(reqs)], first_id))
+        i += len(reqs)
+    return out
+
+
+def _sample_flat(rt: Runtime, flat: list[tuple[Question, SampleRequest, dict]]) -> list:
+    """The completions of each request (None where its forced prefix already ends it)."""
     eos = set(rt.student.eos_token_ids)
-    ctx = rt.student_ctx[q.qid]
     max_new = rt.config.sampling.max_new_tokens
     to_model = []
-    for i, (req, _meta) in enumerate(requests):
-        forced = list(req.prefix_ids[len(ctx):])
+    for i, (q, req, _meta) in enumerate(flat):
+        forced = list(req.prefix_ids[len(rt.student_ctx[q.qid]):])
         if (forced and forced[-1] in eos) or len(forced) >= max_new:
             continue  # nothing to sample: the forced prefix already ends the response
         to_model.append((i, req, max_new - len(forced)))
@@ -88,11 +109,18 @@ def _sample_rows(rt: Runtime, q: Question, requests: list[tuple[SampleRequest, d
             res = rt.student.sample([r for _, r in batch], params)
             for (i, _), comps in zip(batch, res, strict=True):
                 outputs[i] = comps
+    return [outputs.get(i) for i in range(len(flat))]
+
+
+def _grade_rows(rt: Runtime, q: Question, requests: Requests, outputs: list,
+                first_id: int) -> list[dict]:
+    eos = set(rt.student.eos_token_ids)
+    ctx = rt.student_ctx[q.qid]
     rows = []
     rid = first_id
     for i, (req, meta) in enumerate(requests):
         forced = list(req.prefix_ids[len(ctx):])
-        if i in outputs:
+        if outputs[i] is not None:
             comps = [(forced + list(c.token_ids), c.finish_reason) for c in outputs[i]]
         else:
             reason = "eos" if forced and forced[-1] in eos else "length"
@@ -121,22 +149,44 @@ def _takes_budgets(model: Any) -> bool:
         return False
 
 
-def _initial_rollouts(rt: Runtime, q: Question, bar) -> pd.DataFrame:
+def _initial_requests(rt: Runtime, q: Question) -> Requests:
+    cfg = rt.config.tree
+    ctx = tuple(rt.student_ctx[q.qid])
+    reqs = []
+    for g, start in enumerate(range(0, cfg.G, cfg.group_size)):
+        n = min(cfg.group_size, cfg.G - start)
+        seed = stable_seed(rt.config.seed, q.qid, "init", g)
+        reqs.append((SampleRequest(ctx, n, seed), {"origin": "initial"}))
+    return reqs
+
+
+def _initial_rollouts_batched(rt: Runtime, bar) -> set[str]:
+    """The initial rollouts of every question that lacks them, several questions per sampler
+    call (up to `sampling.batch_groups` groups), one unit (`q#####/a-init`) per question.
+    Returns the qids sampled here."""
+    todo = [q for q in rt.questions
+            if not rt.store.is_done(f"{question_key(rt, q)}/z-children")
+            and not rt.store.is_done(f"{question_key(rt, q)}/a-init")]
+    groups = len(range(0, rt.config.tree.G, rt.config.tree.group_size))  # per question
+    per_call = max(1, rt.config.sampling.batch_groups // max(1, groups))
+    for start in range(0, len(todo), per_call):
+        chunk = todo[start:start + per_call]
+        rows = _sample_questions(rt, [(q, _initial_requests(rt, q), 0) for q in chunk])
+        for q, r in zip(chunk, rows, strict=True):
+            rt.store.commit(f"{question_key(rt, q)}/a-init", {"rollouts": r})
+            bar.advance(rt.config.tree.G)
+    return {q.qid for q in todo}
+
+
+def _initial_rollouts(rt: Runtime, q: Question, bar, counted: Collection[str]) -> pd.DataFrame:
     key = question_key(rt, q)
     unit = f"{key}/a-init"
-    if rt.store.is_done(unit):
-        bar.skip(rt.config.tree.G)
-    else:
-        cfg = rt.config.tree
-        ctx = tuple(rt.student_ctx[q.qid])
-        reqs = []
-        for g, start in enumerate(range(0, cfg.G, cfg.group_size)):
-            n = min(cfg.group_size, cfg.G - start)
-            seed = stable_seed(rt.config.seed, q.qid, "init", g)
-            reqs.append((SampleRequest(ctx, n, seed), {"origin": "initial"}))
-        rows = _sample_rows(rt, q, reqs, first_id=0)
+    if not rt.store.is_done(unit):
+        rows = _sample_rows(rt, q, _initial_requests(rt, q), first_id=0)
         rt.store.commit(unit, {"rollouts": rows})
         bar.advance(rt.config.tree.G)
+    elif q.qid not in counted:
+        bar.skip(rt.config.tree.G)
     return rt.store.read("rollouts", unit_prefix=f"{key}/a-init")
 
 
@@ -216,15 +266,17 @@ class Plan:
         return sum(max(0, n_min - self.trees[p].visits(d, k)) for d, p, k in self.chosen)
 
 
-def plan_question(rt: Runtime, q: Question, bar) -> Plan | None:
+def plan_question(rt: Runtime, q: Question, bar,
+                  counted: Collection[str] = ()) -> Plan | None:
     """Initial rollouts, representative paths and the children to enrich. None when the
-    question is already finished (resume) or excluded (then its row is committed here)."""
+    question is already finished (resume) or excluded (then its row is committed here).
+    `counted`: qids whose initial rollouts the bar has counted already."""
     cfg = rt.config.tree
     key = question_key(rt, q)
     if rt.store.is_done(f"{key}/z-children"):
         bar.skip(cfg.G)
         return None
-    init = _initial_rollouts(rt, q, bar)
+    init = _initial_rollouts(rt, q, bar, counted)
     if len(init) and (init.finish_reason == "length").all():
         raise ModelError(
             f"question '{q.qid}': none of the {len(init)} initial rollouts ended within "

@@ -44,6 +44,26 @@ class NullReporter:
         pass
 
 
+def mean_rate(task) -> float | None:
+    """This invocation's work over the bar's time. rich's own estimate looks at the last
+    seconds only, so one large batch finishing at once read as thousands per second."""
+    work, elapsed = task.fields.get("work", 0.0), task.elapsed
+    return work / elapsed if work and elapsed else None
+
+
+def rate_text(task, unit: str) -> str:
+    rate = mean_rate(task)
+    return f"{rate:,.1f} {unit}/s" if rate else f"-- {unit}/s"
+
+
+def eta_text(task) -> str:
+    rate = mean_rate(task)
+    if task.total is None or not rate:
+        return "-:--:--"
+    left = int(max(0.0, task.total - task.completed) / rate)
+    return f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+
+
 class RichReporter:
     """A rich progress display: description, bar, done/total, rate in `unit`/s, ETA."""
 
@@ -60,15 +80,19 @@ class RichReporter:
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         class _Rate(TextColumn):
             def render(self, task):  # type: ignore[override]
                 from rich.text import Text
 
-                speed = task.finished_speed or task.speed
-                return Text(f"{speed:,.1f} {unit}/s" if speed else f"-- {unit}/s", style="cyan")
+                return Text(rate_text(task, unit), style="cyan")
+
+        class _Eta(TextColumn):
+            def render(self, task):  # type: ignore[override]
+                from rich.text import Text
+
+                return Text(eta_text(task), style="cyan")
 
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -77,17 +101,19 @@ class RichReporter:
             _Rate(""),
             TimeElapsedColumn(),
             TextColumn("ETA"),
-            TimeRemainingColumn(),
+            _Eta(""),
             console=self.console,
             transient=False,
         ) as progress:
-            task = progress.add_task(description, total=total)
+            task = progress.add_task(description, total=total, work=0.0)
 
             class _Bar:
                 skipped = 0.0
+                work = 0.0
 
                 def advance(self, n: float = 1) -> None:
-                    progress.advance(task, n)
+                    self.work += n
+                    progress.update(task, advance=n, work=self.work)
 
                 def skip(self, n: float = 1) -> None:
                     # work a resumed run replays: shrink the total, so the rate and the ETA
@@ -105,9 +131,7 @@ class RichReporter:
             # when the cascade already gave a child its visits) or unknown (adaptive budget)
             # must not leave a finished bar at 27446/28282 with an ETA.
             t = next(t for t in progress.tasks if t.id == task)
-            speed = t.finished_speed or t.speed
             progress.update(task, total=t.completed)
-            t.finished_speed = speed
 
     def log(self, message: str) -> None:
         self.console.print(message)

@@ -331,3 +331,19 @@ def test_write_report_summary_has_provenance_of_the_synthetic_run(run_dir, tmp_p
     assert summary["run/git_commit"] == "0123abcd4567"
     assert summary["versions/torch"] == "2.13.0"
     assert summary["config/tree/n_sig"] == 20 and summary["report/n_boot"] == 50
+
+
+def test_rate_and_eta_are_the_mean_over_the_bar_not_the_last_burst():
+    """One large batch finishing at once used to read as thousands per second with ETA 0:
+    the rate is the bar's work over its time, and the ETA follows from it."""
+    from types import SimpleNamespace
+
+    from distillscope.progress import eta_text, rate_text
+
+    burst = SimpleNamespace(fields={"work": 100.0}, elapsed=20.0, total=400.0, completed=100.0)
+    assert rate_text(burst, "rollouts") == "5.0 rollouts/s"
+    assert eta_text(burst) == "0:01:00"  # 300 left at 5 per second
+    resumed = SimpleNamespace(fields={"work": 0.0}, elapsed=3.0, total=10.0, completed=6.0)
+    assert rate_text(resumed, "q") == "-- q/s" and eta_text(resumed) == "-:--:--"
+    long = SimpleNamespace(fields={"work": 1.0}, elapsed=1.0, total=3_700.0, completed=0.0)
+    assert eta_text(long) == "1:01:40"

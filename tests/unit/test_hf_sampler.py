@@ -377,6 +377,28 @@ def test_logprob_chunks_cover_the_response_and_match_a_forward(tiny, tok):
     assert list(model.logprob_chunks(ctx, ())) == []
 
 
+def test_scoring_the_same_sequence_again_is_one_forward(tiny, tok, monkeypatch):
+    """The hidden-state cache: a repeated (context, response) costs no forward and gives the
+    same numbers; another context or response, or a split moved between them, is recomputed;
+    the cache stays within its byte bound."""
+    model = HFModel(tiny, tok)
+    calls = []
+    forward = tiny.base_model.forward
+    monkeypatch.setattr(tiny.base_model, "forward", lambda *a, **k: calls.append(1) or forward(
+        *a, **k))
+    ctx, resp = _ids(tok, "context:"), _ids(tok, "a response")
+    first = torch.cat(list(model.logprob_chunks(ctx, resp)))
+    again = torch.cat(list(model.logprob_chunks(ctx, resp)))
+    assert len(calls) == 1 and torch.equal(first, again)
+    model.logprob_chunks(_ids(tok, "other:"), resp)
+    model.logprob_chunks(ctx + resp[:1], resp[1:])  # same tokens, another context length
+    assert len(calls) == 3
+    model._hidden.max_bytes = first.shape[0] * tiny.config.hidden_size * 4  # one entry
+    model.logprob_chunks(ctx, resp[:-1])
+    model.logprob_chunks(ctx, resp[:-1])
+    assert len(calls) == 4 and model._hidden._bytes <= model._hidden.max_bytes
+
+
 # --- chat, tokenizer identity, embedded cache ------------------------------------------------
 
 

@@ -9,11 +9,16 @@ scoring is here.
 
 Scoring (`HFModel.logprob_chunks`): one forward of the base model over context + response
 (hidden states only), then lm_head and a float32 log-softmax chunk by chunk on the device;
-memory is O(T x hidden + chunk x V), so a 30k-token response fits.
+memory is O(T x hidden + chunk x V), so a 30k-token response fits. The response's hidden states
+of the last few sequences are kept (`_HiddenCache`, bounded in bytes): the pipeline scores the
+student on a path once per teacher and again in phase 2, and each of those is now one forward.
+The cached values are the ones the forward computes, so a run gives the same numbers with or
+without it (a resumed run starts with an empty cache).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -238,6 +243,7 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
             )
         self.attention = attention
         self.last_stats: dict[str, float] = {}
+        self._hidden = _HiddenCache()
 
     @property
     def _runner(self) -> DecodeRunner | None:
@@ -279,18 +285,24 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
         self._check_length(n_ctx + T, "context + response")
         if chunk_size < 1:
             raise ModelError(f"chunk_size must be >= 1, got {chunk_size}")
-        ids = torch.tensor([[*context_ids, *response_ids]], dtype=torch.long, device=self._device)
-        with torch.inference_mode():
-            if self.matmul_dtype is not None:
-                # the sampler's products (runner.forward_hidden), so that the probabilities
-                # scored are those the samples were drawn from
-                run = self._runner
-                assert run is not None
-                h_T = run.forward_hidden(ids[0])[n_ctx - 1 : n_ctx - 1 + T]
-                return self._chunks(h_T, chunk_size, lambda h: run.head(h))
-            out = self.model.base_model(input_ids=ids, use_cache=False)
-            h_T = out.last_hidden_state[0, n_ctx - 1 : n_ctx - 1 + T]
-        return self._chunks(h_T, chunk_size, self.model.get_output_embeddings())
+        seq = (*context_ids, *response_ids)
+        key = (n_ctx, seq)
+        run = self._runner if self.matmul_dtype is not None else None
+        # the sampler's products (runner.forward_hidden, runner.head) when matmul_dtype is
+        # set, so that the probabilities scored are those the samples were drawn from
+        head = (lambda h: run.head(h)) if run is not None else self.model.get_output_embeddings()
+        h_T = self._hidden.get(key)
+        if h_T is None:
+            ids = torch.tensor([seq], dtype=torch.long, device=self._device)
+            with torch.inference_mode():
+                if run is not None:
+                    h_T = run.forward_hidden(ids[0])[n_ctx - 1 : n_ctx - 1 + T]
+                else:
+                    out = self.model.base_model(input_ids=ids, use_cache=False)
+                    h_T = out.last_hidden_state[0, n_ctx - 1 : n_ctx - 1 + T]
+            h_T = h_T.clone()  # not a view: the context's rows are not kept
+            self._hidden.put(key, h_T)
+        return self._chunks(h_T, chunk_size, head)
 
     def _chunks(self, h_T: torch.Tensor, chunk_size: int, head: Any) -> Iterator[torch.Tensor]:
         cap = getattr(self.model.config, "final_logit_softcapping", None)
@@ -312,3 +324,36 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
                 f"{self.name}: {what} of {n} tokens is longer than max_context "
                 f"({self._max_context}); shorten the prompt or raise options.max_context"
             )
+
+
+class _HiddenCache:
+    """The response hidden states of the most recently scored sequences, least recently used
+    dropped first once they hold more than `max_bytes`. The model's weights are taken as fixed
+    (distillscope never trains); code that changes them should call `clear()`."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Any, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
+    def get(self, key: Any) -> torch.Tensor | None:
+        h = self._items.get(key)
+        if h is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return h
+
+    def put(self, key: Any, h: torch.Tensor) -> None:
+        size = h.numel() * h.element_size()
+        if size > self.max_bytes:
+            return
+        self._items[key] = h
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
