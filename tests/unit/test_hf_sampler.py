@@ -214,6 +214,11 @@ def test_group_samples_do_not_depend_on_batch_composition(llama, tok):
     assert _tokens(mixed)[1] == alone
     copies = HFModel(llama, tok, eos_token_ids=(), cascade=False)
     assert _tokens(copies.sample([others[0], target], HOT))[1] == alone
+    # groups of one prefix share one prefill; each keeps its own noise
+    twins = [SampleRequest(target.prefix_ids, 1, seed=s) for s in (8, 9, 8)]
+    got = _tokens(model.sample(twins, HOT))
+    assert got == [_tokens(model.sample([t], HOT))[0] for t in twins]
+    assert got[0] == got[2] != got[1]
 
 
 def test_sampling_leaves_the_model_trainable(tok):

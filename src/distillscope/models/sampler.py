@@ -197,9 +197,12 @@ class GroupSampler:
         lengths = torch.tensor([len(p) for p in prefixes], device=run.device)
         pad_G_L = torch.arange(Lmax, device=run.device)[None] >= lengths[:, None]
         first = []
+        done: dict[tuple[int, ...], tuple] = {}  # groups of one prefix share its prefill
         for g, prefix in enumerate(prefixes):
-            ids = torch.tensor(prefix, dtype=torch.long, device=run.device)
-            ks, vs, logits_V = run.prefill(ids)
+            key = tuple(prefix)
+            if key not in done:
+                done[key] = run.prefill(torch.tensor(prefix, dtype=torch.long, device=run.device))
+            ks, vs, logits_V = done[key]
             for li in range(n_layers):
                 pre_k[li][g, :, : len(prefix)] = ks[li]
                 pre_v[li][g, :, : len(prefix)] = vs[li]
