@@ -27,7 +27,14 @@ from distillscope.phase1 import enrich_added_teacher, phase1
 from distillscope.phase2 import phase2
 from distillscope.progress import Reporter
 from distillscope.rerun import check_questions, forced_changes, uncommit_everywhere
-from distillscope.runtime import Runtime, get_model, load_runtime, provenance, question_key
+from distillscope.runtime import (
+    Runtime,
+    get_model,
+    load_runtime,
+    provenance,
+    question_key,
+    teacher_records,
+)
 from distillscope.store import RunStore, StoreError, run_lock
 
 __all__ = ["Runtime", "rollout_counts", "run", "screen_run"]
@@ -156,6 +163,10 @@ def _record_provenance(rt: Runtime, scored: bool, *, borrowed: list[str] | None 
     prov["enrichment"] = dict(sorted(enrichment.items()))
     if grown:
         prov["questions_regrown"] = int(prov.get("questions_regrown", 0)) + grown
+    # served teachers' self-tests, this invocation's replacing earlier ones of the same name
+    served = {**prov.get("teachers", {}), **teacher_records(rt)}
+    if served:
+        prov["teachers"] = dict(sorted(served.items()))
     prov["teachers_scored"] = sorted(set(prov.get("teachers_scored", []))
                                      | ({t.spec.name for t in rt.teachers} if scored else set()))
     store.write_json("provenance.json", prov)

@@ -7,7 +7,8 @@ teacher shares the student's tokenizer, and encodes the student's prompt for eve
 The phase modules (`phase0`, `phase1`, `phase2`) take a `Runtime` and nothing else.
 
 Also here, because every phase needs them: the unit key of a question (`question_key`), the
-seed derivation (`stable_seed`) and the run's provenance record.
+seed derivation (`stable_seed`) and the run's provenance record (with `teacher_records`, what
+a served teacher's start-up self-test found).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from distillscope.tasks import Task, get_task
 from distillscope.types import Question, SamplingParams
 
 __all__ = ["Runtime", "Teacher", "get_model", "load_runtime", "model_cache_key", "provenance",
-           "question_key", "stable_seed"]
+           "question_key", "stable_seed", "teacher_records"]
 
 
 def stable_seed(*parts: Any) -> int:
@@ -164,3 +165,20 @@ def provenance(rt: Runtime) -> dict[str, Any]:
         "estimator": rt.config.tree.estimator,
         "restrict": rt.config.scoring.restrict,
     }
+
+
+def teacher_records(rt: Runtime) -> dict[str, dict[str, Any]]:
+    """Per teacher served over HTTP (backend `openai`): its model name and what its start-up
+    self-test found (`models/openai.py`: tokenizer, determinism, replicas), or that the
+    self-test was skipped (`options.self_test: false`). Other teachers have no record."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in rt.teachers:
+        spec = t.spec.model if t.spec.mode == "external" else None
+        if spec is None or spec.backend != "openai":
+            continue
+        result = getattr(t.model, "self_test_result", None)
+        out[t.spec.name] = {
+            "backend": spec.backend, "model": t.model.name,
+            "self_test": dict(result) if isinstance(result, dict)
+            else {"passed": None, "skipped": "options.self_test is false"}}
+    return out

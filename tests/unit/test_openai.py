@@ -14,7 +14,7 @@ import torch
 
 from distillscope.models.base import ModelError
 from distillscope.models.openai import OpenAIModel
-from distillscope.models.topk import topk_rows
+from distillscope.models.topk import REVEALED_KEEP, topk_rows
 
 V = 10
 
@@ -101,6 +101,26 @@ def test_rows_match_topk_rule_and_self_test(server):
     assert torch.allclose(rows.double(), want.logp, atol=1e-6)
     assert m.revealed_ids[tuple(resp)] == [
         frozenset(want.revealed[t].nonzero().flatten().tolist()) for t in range(3)]
+
+
+def test_revealed_ids_are_bounded(server):
+    m = OpenAIModel(Text(), server.url, "fake", topk=2, backoff=0.01)
+    responses = [[a, b] for a in range(V) for b in range(V)][: REVEALED_KEEP + 5]
+    for resp in responses:
+        list(m.logprob_chunks([1], resp))
+    assert len(m.revealed_ids) == REVEALED_KEEP
+    assert tuple(responses[0]) not in m.revealed_ids
+    assert list(m.revealed_ids)[-1] == tuple(responses[-1])
+    assert all(len(sets) == 2 for sets in m.revealed_ids.values())
+
+
+def test_self_test_result_records_what_was_checked(server):
+    m = OpenAIModel(Text(), server.url, "fake", topk=3, backoff=0.01)
+    assert m.self_test_result is None
+    res = m.self_test()
+    assert m.self_test_result is res and res["passed"] is True
+    assert res["served_model"] == "fake" and res["topk"] == 3 and res["replica_tol"] == 1e-4
+    assert "4-token probe" in res["tokenizer"] and res["seconds"] >= 0
 
 
 def test_retries_then_succeeds():

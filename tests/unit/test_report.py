@@ -227,3 +227,17 @@ def test_report_header_names_top_k_teachers_and_their_bounded_nodes():
     assert "served (k=20): 1 of 2 decision points" in text and "Top-k teacher fidelity" in text
     assert topk_items(nodes[nodes.teacher == "full"]) == []
     assert topk_items(nodes.drop(columns=["teacher_topk", "su_bounded"])) == []
+
+
+def test_served_items_from_provenance():
+    from distillscope.report.header import served_items
+
+    assert served_items({}) == [] and served_items({"teachers": "odd"}) == []
+    assert served_items({"teachers": {"t": {"backend": "openai"}}}) == []  # no self_test
+    (label, text), = served_items({"teachers": {
+        "b": {"self_test": {"passed": None, "skipped": "options.self_test is false"}},
+        "a": {"self_test": {"passed": True, "base_url": "http://h:1", "topk": 20,
+                            "replica_max_diff": 0.0, "replica_tol": 1e-4}}}})
+    assert label == "served teachers"
+    assert text.startswith("a (http://h:1, k=20): self-test passed")
+    assert "b: self-test not run (options.self_test is false)" in text

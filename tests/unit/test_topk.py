@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from distillscope.models.topk import MIN_TAIL, TopkModel, fill_rows, topk_rows
+from distillscope.models.topk import (
+    MIN_TAIL,
+    REVEALED_KEEP,
+    RevealedCache,
+    TopkModel,
+    fill_rows,
+    topk_rows,
+)
 
 
 def _row(probs):
@@ -76,3 +83,27 @@ def test_topk_model_wraps_chunks_and_records_revealed():
     assert m.vocab_size == 5 and m.name == "full@top2"
     assert m.revealed_ids[(3, 0, 4)] == [frozenset({0, 1, 3}), frozenset({0, 1}),
                                          frozenset({0, 1, 4})]
+
+
+def test_revealed_cache_keeps_the_most_recently_used():
+    c = RevealedCache(2)
+    c[(1,)], c[(2,)] = [frozenset({1})], [frozenset({2})]
+    assert c[(1,)] == [frozenset({1})]  # a read makes (1,) the most recent
+    c[(3,)] = [frozenset({3})]
+    assert list(c) == [(1,), (3,)] and c.get((2,)) is None
+    assert c.get((3,)) == [frozenset({3})]
+    c[(4,)] = []
+    assert list(c) == [(3,), (4,)]  # get() counted as a use too
+    with pytest.raises(ValueError):
+        RevealedCache(0)
+
+
+def test_topk_model_revealed_ids_are_bounded():
+    m = TopkModel(_Full(), 2)
+    resps = [(a, b, c) for c in range(5) for b in range(5) for a in range(5)]
+    resps = resps[: REVEALED_KEEP + 10]
+    for resp in resps:
+        list(m.logprob_chunks([1], list(resp)))
+    assert len(m.revealed_ids) == REVEALED_KEEP
+    assert list(m.revealed_ids) == resps[10:]  # the first ten, least recent, dropped
+    assert m.revealed_ids[resps[-1]][0] == frozenset({0, 1, resps[-1][0]})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,3 +28,16 @@ def test_toy_fidelity_tiny(tmp_path):
     assert r1.su_inside < 1.0 and r1.mae_kl > 0
     assert not (r1.max_abs_dalign_inside > 1e-9)  # NaN (none inside) or ~0
     assert "| k |" in bench.markdown(df)
+
+
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    bench = _bench()
+    assert bench.main(["--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nope.yaml" in err and "\n" not in err
+    assert bench.main(["--out", str(tmp_path), "--set", "tree.G"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err
+    for bad in (["--threads", "0"], ["--k", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(["--out", str(tmp_path), *bad])
+        assert exc.value.code == 2

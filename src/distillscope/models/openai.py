@@ -14,10 +14,13 @@ records whether the server accepts the field (`self.info`), and the rows use top
 
 Rows: `models.topk.fill_rows`, the same rule the benchmark applies (revealed ids exact, the
 rest a tail bucket capped at the k-th log-probability); `revealed_ids[tuple(response)]` says
-which ids were exact at each position. Teacher only: `sample` raises. Tokenizer side: the
-local tokenizer of `spec.model` (hf `load_hf_text`); the self-test checks that the server maps
-a chat prompt to the same ids, and that two identical requests agree within `replica_tol`
-(replicas that disagree are reported, not averaged). Standard library HTTP (urllib).
+which ids were exact at each position (a `topk.RevealedCache`: the most recent responses only).
+Teacher only: `sample` raises. Tokenizer side: the local tokenizer of `spec.model` (hf
+`load_hf_text`); the self-test checks that the server maps a chat prompt to the same ids, and
+that two identical requests agree within `replica_tol` (replicas that disagree are reported,
+not averaged). A failed check is a `ModelError`; a passed one leaves its record in
+`self_test_result` (None when `self_test: false`), which the run writes to provenance.json
+under `teachers/<name>/self_test`. Standard library HTTP (urllib).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from distillscope.models.base import ModelError
-from distillscope.models.topk import fill_rows
+from distillscope.models.topk import RevealedCache, fill_rows
 
 if TYPE_CHECKING:
     from distillscope.config import ModelSpec
@@ -67,8 +70,9 @@ class OpenAIModel:
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self.replica_tol = float(replica_tol)
         self.name = f"openai:{served_model}@{self.base_url}/top{self.k}"
-        self.revealed_ids: dict[tuple[int, ...], list[frozenset[int]]] = {}
+        self.revealed_ids = RevealedCache()
         self.info: dict[str, Any] = {"topk": self.k, "base_url": self.base_url}
+        self.self_test_result: dict[str, Any] | None = None  # set by a passed self_test()
 
     # --- identity and text: the local tokenizer ------------------------------------------------
     def __getattr__(self, attr: str) -> Any:
@@ -179,6 +183,9 @@ class OpenAIModel:
 
     # --- start-up self-test -----------------------------------------------------------------
     def self_test(self) -> dict[str, Any]:
+        """Tokenizer, determinism and `logprob_token_ids` probes; the record of a pass (also
+        kept as `self_test_result`), or a `ModelError` naming the failed check."""
+        t0 = time.perf_counter()
         ids = self.text.encode_chat(PROBE)
         try:
             tok = self._post("/tokenize", {"model": self.served_model,
@@ -208,7 +215,14 @@ class OpenAIModel:
             self.info["logprob_token_ids"] = "accepted (generated positions only)"
         except ModelError as err:
             self.info["logprob_token_ids"] = f"not accepted: {str(err)[:120]}"
-        return self.info
+        self.self_test_result = {
+            "passed": True, "served_model": self.served_model, **self.info,
+            "tokenizer": f"same ids as the local tokenizer ({len(ids)}-token probe prompt)",
+            "replica_tol": self.replica_tol,
+            "determinism": f"two identical requests: max |d log p| {worst:.3g} "
+                           f"<= replica_tol {self.replica_tol:g}",
+            "seconds": round(time.perf_counter() - t0, 3)}
+        return self.self_test_result
 
 
 def load_openai_model(spec: ModelSpec) -> OpenAIModel:

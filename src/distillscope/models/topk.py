@@ -16,21 +16,55 @@ full-vocabulary rows; this module builds them by one rule (docs/method.md#top-k-
 `fill_rows` is the rule; `topk_rows` applies it to full rows (what the benchmark does to an hf
 or toy teacher, so that benchmark and served backend truncate identically); `TopkModel` wraps a
 model so that its `logprob_chunks` are truncated. Values of hidden tokens are bounds, not
-measurements: `revealed_ids` says which ids were exact at each position.
+measurements: `revealed_ids` says which ids were exact at each position. It is a
+`RevealedCache`, bounded to the `REVEALED_KEEP` most recently scored responses: phase 2 reads a
+path's entry right after scoring it, the fidelity benchmark after scoring a question's paths,
+and a run scores thousands of paths per teacher (each entry holds T sets of k + 1 ids).
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-__all__ = ["MIN_TAIL", "TopkModel", "TopkRows", "fill_rows", "topk_rows"]
+__all__ = ["MIN_TAIL", "REVEALED_KEEP", "RevealedCache", "TopkModel", "TopkRows", "fill_rows",
+           "topk_rows"]
 
 MIN_TAIL = 1e-12  # floor of the tail mass (a hidden token never gets probability zero)
+REVEALED_KEEP = 64  # responses whose revealed ids a top-k model keeps (most recent first)
+
+
+class RevealedCache(OrderedDict):
+    """response ids -> per-position sets of exact ids, keeping the `maxsize` most recently
+    written or read responses (least recently used dropped first)."""
+
+    def __init__(self, maxsize: int = REVEALED_KEEP) -> None:
+        super().__init__()
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize = int(maxsize)
+
+    def __setitem__(self, key: tuple[int, ...], value: list[frozenset[int]]) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.maxsize:
+            self.popitem(last=False)
+
+    def __getitem__(self, key: tuple[int, ...]) -> list[frozenset[int]]:
+        value = super().__getitem__(key)
+        self.move_to_end(key)
+        return value
+
+    def get(self, key: tuple[int, ...], default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +136,7 @@ class TopkModel:
         self.inner = inner
         self.k = int(k)
         self.name = f"{inner.name}@top{k}"
-        self.revealed_ids: dict[tuple[int, ...], list[frozenset[int]]] = {}
+        self.revealed_ids = RevealedCache()
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.inner, attr)

@@ -1,5 +1,6 @@
 """The report header: where the run's numbers come from and what it analysed (provenance,
-estimator, P_theta, truncated rollouts, screened bins, borrowed enrichment)."""
+estimator, P_theta, truncated rollouts, screened bins, borrowed enrichment, served teachers'
+self-tests)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pandas as pd
 
 from distillscope.report.data import Run
 
-__all__ = ["provenance_items", "topk_items", "truncated_rollouts"]
+__all__ = ["provenance_items", "served_items", "topk_items", "truncated_rollouts"]
 
 
 def _first(*values: Any) -> Any:
@@ -78,6 +79,28 @@ def topk_items(nodes: pd.DataFrame) -> list[tuple[str, Any]]:
              "benchmarks/RESULTS.md, 'Top-k teacher fidelity'")]
 
 
+def served_items(p: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Teachers served over HTTP: where, and what their start-up self-test found
+    (provenance.json `teachers/<name>/self_test`, written by runs since issue #18)."""
+    recs = p.get("teachers")
+    if not isinstance(recs, dict):
+        return []
+    parts = []
+    for name, rec in sorted(recs.items()):
+        st = rec.get("self_test") if isinstance(rec, dict) else None
+        if not isinstance(st, dict):
+            continue
+        if st.get("passed"):
+            parts.append(f"{name} ({st.get('base_url', '?')}, k={st.get('topk', '?')}): "
+                         f"self-test passed, tokenizer same ids, replicas max |d log p| "
+                         f"{float(st.get('replica_max_diff', float('nan'))):.2g} <= "
+                         f"{st.get('replica_tol', '?')}")
+        else:
+            parts.append(f"{name}: self-test not run ({st.get('skipped', 'unknown')})")
+    return [("served teachers", "; ".join(parts) + " (provenance.json, teachers)")] \
+        if parts else []
+
+
 def provenance_items(run: Run) -> list[tuple[str, Any]]:
     p, c = run.provenance, run.config
     versions = p.get("versions") or p.get("packages") or {}
@@ -104,6 +127,7 @@ def provenance_items(run: Run) -> list[tuple[str, Any]]:
                     "the tree's rollouts were drawn from"),
         *_run_scope_items(p),
         *topk_items(run.nodes),
+        *served_items(p),
         ("device", _first(p.get("device"), p.get("hardware")) or "unknown"),
         ("python", _first(p.get("python")) or "unknown"),
         ("versions", ver or "unknown"),
