@@ -7,6 +7,7 @@ Library code never prints or reads argv; this module and `cli.py` do both.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 from typing import Any, Optional
@@ -218,7 +219,7 @@ def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> Non
     """The teacher ranking exactly as the report computed it (same seed and draws)."""
     import pandas as pd
 
-    from distillscope.report.terminal import ranking_table
+    from distillscope.report.terminal import in_words, ranking_table
 
     csv = report_html.parent / "tables" / "teacher_ranking.csv"
     rank = (pd.read_csv(csv, keep_default_na=False, na_values=[""],  # a teacher may be "nan"
@@ -238,6 +239,10 @@ def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> Non
         return
     out = Console()  # the table goes to stdout, messages to stderr
     out.print(ranking_table(rank, method, out.width))
+    summary_json = report_html.parent / "summary.json"
+    if summary_json.is_file():
+        for line in in_words(json.loads(summary_json.read_text()), method):
+            out.print(line, markup=False, highlight=False)
     if undefined:
         console.print("undefined alignment at every decision point (a zero-norm gradient, "
                       f"e.g. a teacher equal to the student): {', '.join(undefined)}",

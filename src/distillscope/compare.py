@@ -40,6 +40,7 @@ from distillscope import analysis
 from distillscope.stakes import high_stakes, per_question_ranking, sr_range_summary
 from distillscope.stats import boot_weights, ratio_boot
 
+POOLED = "all settings (pooled)"  # the correct-vs-incorrect row over every setting's questions
 MIN_QUESTIONS = 3  # below this, a setting's bootstrap has too few distinct resamples to test
 CONFIDENCE = 0.95  # P(top) needed to call a teacher the (universal) best
 ALPHA = 0.05
@@ -386,6 +387,13 @@ def compare(settings: Sequence[Setting], *, methods: Sequence[str] | None = None
         sp_rows.append(sp.assign(setting=s.label))
         pq_rows.append(per_question_ranking(s.nodes, m0).assign(setting=s.label))
         sr_rows.append({"setting": s.label, **sr_range_summary(s.nodes, m0)})
+    if len(settings) > 1:
+        # the settings' questions are independent units: pooled, the clustered bootstrap and
+        # the permutation test resample them all (a qid is made unique per setting)
+        pooled = pd.concat([s.nodes.assign(qid=s.label + "::" + s.nodes["qid"].astype(str))
+                            for s in settings], ignore_index=True)
+        cvi_rows.append(analysis.correct_vs_incorrect(pooled, methods[0] if methods else "gkd",
+                                                      n_perm=n_perm, **kw).assign(setting=POOLED))
     ranking = pd.concat(rank_rows, ignore_index=True) if rank_rows else pd.DataFrame()
     tests, pairs, shares = {}, [], []
     for m in methods:

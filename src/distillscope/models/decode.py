@@ -411,22 +411,29 @@ class DecodeRunner:
                 continue
             # scores (Gp, K, n, R, L + upto): the group's n*R query rows against its one
             # prefix in one product, each sample's R rows against its own suffix; one softmax
-            s = torch.empty(Gp, K, n, R, L + upto, dtype=self.dtype, device=self.device)
-            s_pre, s_suf = s[..., :L], s[..., L:]
-            torch.bmm(
-                q.view(Gp * K, n * R, D),
-                kv.pre_k[li].transpose(1, 2),
-                out=s_pre.view(Gp * K, n * R, L),
-            )
             ks = kv.suf_k[li][:, :, :, :upto].reshape(Gp * K * n, upto, D)
             vs = kv.suf_v[li][:, :, :, :upto].reshape(Gp * K * n, upto, D)
-            torch.bmm(q.view(Gp * K * n, R, D), ks.transpose(1, 2), out=s_suf.view(-1, R, upto))
+            if self.device.type == "cuda":
+                # both products written in place into one buffer (no allocation: CUDA graphs)
+                s = torch.empty(Gp, K, n, R, L + upto, dtype=self.dtype, device=self.device)
+                s_pre, s_suf = s[..., :L], s[..., L:]
+                torch.bmm(q.view(Gp * K, n * R, D), kv.pre_k[li].transpose(1, 2),
+                          out=s_pre.view(Gp * K, n * R, L))
+                torch.bmm(q.view(Gp * K * n, R, D), ks.transpose(1, 2),
+                          out=s_suf.view(-1, R, upto))
+            else:
+                # on the CPU a strided `out=` sends bmm to a slow per-matrix loop (3x the
+                # whole attention here): contiguous products, then one concatenation
+                s_pre = torch.bmm(q.view(Gp * K, n * R, D), kv.pre_k[li].transpose(1, 2))
+                s_suf = torch.bmm(q.view(Gp * K * n, R, D), ks.transpose(1, 2))
+                s = torch.cat([s_pre.view(Gp, K, n, R, L), s_suf.view(Gp, K, n, R, upto)], -1)
+                s_pre, s_suf = s[..., :L], s[..., L:]
             s_suf.masked_fill_(invalid_U, float("-inf"))
             if kv.pre_pad is not None:
                 s_pre.masked_fill_(kv.pre_pad, float("-inf"))
             p = torch.softmax(s, dim=-1)  # float32 inside, rounded once to the model dtype
-            o = torch.bmm(p[..., :L].view(Gp * K, n * R, L), kv.pre_v[li])
-            o_suf = torch.bmm(p[..., L:].view(Gp * K * n, R, upto), vs)
+            o = torch.bmm(p[..., :L].reshape(Gp * K, n * R, L), kv.pre_v[li])
+            o_suf = torch.bmm(p[..., L:].reshape(Gp * K * n, R, upto), vs)
             o = (o.view(Gp, K, n, R, D) + o_suf.view(Gp, K, n, R, D)).transpose(1, 2)
             x = self._attn_out(ly, x, _rows(o.reshape(B, self.H * D), rows_A))
         return self.head(F.rms_norm(x, (self.hidden,), self.norm_w, self.norm_eps))

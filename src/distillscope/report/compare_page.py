@@ -115,8 +115,18 @@ def _cvi_finding(cvi: pd.DataFrame, settings: Sequence[str], method: str) -> Fin
     text = (f"Δ = correct − incorrect ({method}, mean cosine, all teachers pooled) is negative "
             f"(incorrect paths align more) in {neg} of {len(settings)} settings; its 95% CI "
             f"excludes 0 in {sig}. " + "; ".join(parts) + ".")
+    pooled = m[m["setting"] == C.POOLED]
+    pooled_sig = False
+    if len(pooled) and math.isfinite(float(pooled["delta"].iloc[0])):
+        r = pooled.iloc[0]
+        pooled_sig = bool(r.delta_ci_high < 0 or r.delta_ci_low > 0)
+        text += (f" Pooled over the settings' questions: Δ = {fnum(r.delta)} "
+                 f"[{fnum(r.delta_ci_low)}, {fnum(r.delta_ci_high)}], permutation "
+                 f"p = {C.fp(float(r.p_perm))} ({fnum(r.n_questions_mixed, 0, signed=False)} questions with both "
+                 f"kinds of path).")
     return Finding("Correct vs incorrect across settings", text,
-                   "conclusive" if sig == len(settings) and settings else "inconclusive")
+                   "conclusive" if (sig == len(settings) and settings) or pooled_sig
+                   else "inconclusive")
 
 
 def write_compare(
@@ -182,6 +192,10 @@ def write_compare(
     for r in res["top_pairs"].itertuples():
         summary[f"top_pairs/{r.method}/{r.setting_a}/{r.setting_b}/p_top_differs"] = \
             r.p_top_differs
+    cvi_all = res["correct_vs_incorrect"]
+    for r in (cvi_all[cvi_all["metric"] == "mean_cosine"].itertuples() if len(cvi_all) else []):
+        for k in ("delta", "delta_ci_low", "delta_ci_high", "p_perm", "n_questions_mixed"):
+            summary[f"correct_vs_incorrect/{r.setting}/{k}"] = getattr(r, k)
     sp_wide, tops = _spearman_wide(res["spearman"], res["ranking"], method, names)
     save("spearman", sp_wide.rename(columns={
         **{f"all_{i}": f"{s} all" for i, s in enumerate(names)},
@@ -195,7 +209,8 @@ def write_compare(
                     "<b>Figure 1.</b> Teacher ranking per setting (the paper's table 1 as a "
                     "figure): question-weighted mean alignment with 95% question-clustered "
                     "CIs."),
-        "correct_vs_incorrect": (P.correct_incorrect_by_setting_plot(cvi, names),
+        "correct_vs_incorrect": (P.correct_incorrect_by_setting_plot(
+            cvi, names + ([C.POOLED] if len(names) > 1 else [])),
                                  "<b>Figure 2.</b> Correct vs incorrect paths across settings "
                                  "(the paper's figure 3, right): Δ = correct − incorrect with "
                                  "question-clustered 95% CIs."),

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 from rich.table import Table
 
-__all__ = ["fmt", "ranking_table"]
+__all__ = ["fmt", "in_words", "ranking_table"]
 
 # (header, justify); the order of the table
 COLUMNS = (("#", "right"), ("teacher", "left"), ("mean", "right"), ("95% CI", "right"),
@@ -79,3 +79,49 @@ def ranking_table(rank: pd.DataFrame, method: str, width: int) -> Table:
     if dropped:
         table.caption = f"(too narrow for: {', '.join(dropped)}; see tables/teacher_ranking.csv)"
     return table
+
+
+ALPHA = 0.05
+
+
+def in_words(summary: dict, method: str = "gkd") -> list[str]:
+    """The closing lines of a run: what was found and how sure it is, from `summary.json`
+    (the report's numbers): the first teacher and whether its lead is established, then the
+    correct-vs-incorrect contrast and whether the question-level test can and does reject."""
+    lines = []
+    first = summary.get(f"ranking/{method}/first")
+    if first is not None:
+        r = f"ranking/{method}/{first}/"
+        line = (f"Best teacher ({method}): {first}, mean alignment {fmt(summary[r + 'mean'])} "
+                f"(95% CI [{fmt(summary[r + 'ci_low'])}, {fmt(summary[r + 'ci_high'])}]).")
+        nxt = [k.split("/")[2] for k, v in summary.items()
+               if k.startswith(f"ranking/{method}/") and k.endswith("/rank") and v == 2]
+        lo, hi = summary.get(r + "gap_ci_low"), summary.get(r + "gap_ci_high")
+        if nxt and lo is not None and math.isfinite(float(lo)):
+            sure = ("established: the paired CI excludes 0" if summary.get(r + "separated")
+                    else "not established: the paired CI includes 0")
+            line += (f" Its lead over {nxt[0]} is {fmt(summary[r + 'gap_to_next'])} "
+                     f"[{fmt(lo)}, {fmt(hi)}], {sure}.")
+        lines.append(line)
+    c = f"correct_vs_incorrect/{method}/mean_cosine/"
+    delta = summary.get(c + "delta")
+    if delta is not None and math.isfinite(float(delta)):
+        which = ("Incorrect paths align more than correct ones" if delta < 0
+                 else "Correct paths align more than incorrect ones")
+        lo, hi = float(summary[c + "delta_ci_low"]), float(summary[c + "delta_ci_high"])
+        p, p_min = float(summary[c + "p_perm"]), float(summary.get(c + "p_perm_min", math.nan))
+        nq = int(summary.get(c + "n_questions_mixed") or 0)
+        if nq == 0:
+            sure = "no question has both kinds of path, so this is not tested"
+        elif math.isfinite(p_min) and p_min > ALPHA:
+            sure = (f"with {nq} questions having both kinds of path the test cannot reach "
+                    f"p < {ALPHA}: inconclusive")
+        elif p < ALPHA:
+            sure = f"significant at the question level (permutation p = {p:.3g}, {nq} questions)"
+        else:
+            sure = (f"not significant at the question level (permutation p = {p:.2f}, "
+                    f"{nq} questions)")
+        excl = "excludes" if hi < 0 or lo > 0 else "includes"
+        lines.append(f"{which}: Δ = correct − incorrect = {fmt(delta)} (95% CI [{fmt(lo)}, "
+                     f"{fmt(hi)}], which {excl} 0); {sure}.")
+    return lines
