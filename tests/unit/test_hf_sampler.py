@@ -528,3 +528,48 @@ def test_finished_slots_dropped_from_the_products_change_no_sample(llama, tok):
     generic = HFModel(llama, tok, eos_token_ids=eos, runner="generic").sample(reqs, HOT)
     assert _tokens(fast) == _tokens(generic)
     assert len({len(c.token_ids) for g in fast for c in g}) >= 4
+
+
+# --- prefill from cached blocks ---------------------------------------------------------------
+
+
+def test_block_prefill_equals_one_shot_and_ignores_what_was_cached(llama, tok):
+    """prefix_cache: a prefix prefilled in fixed blocks matches the one-shot prefill, and its
+    numbers are the same whether the cache was empty or held a sibling prefix's blocks."""
+    from distillscope.models.prefix_cache import BLOCK, BlockCache, prefill_cached
+
+    run = HFModel(llama, tok)._runner
+    base = [int(t) % llama.config.vocab_size for t in range(7, 7 + 2 * BLOCK + 9)]
+    for L in (5, BLOCK, BLOCK + 1, len(base)):
+        with torch.inference_mode():
+            ks, vs, lg = prefill_cached(run, base[:L], BlockCache())
+            ks1, vs1, lg1 = run.prefill(torch.tensor(base[:L]))
+        torch.testing.assert_close(lg, lg1, atol=1e-4, rtol=0)
+        for a, b in zip(ks + vs, ks1 + vs1, strict=True):
+            assert a.shape == b.shape
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    sibling = base[: BLOCK + 3] + [1, 2, 3, 4]
+    warm = BlockCache()
+    with torch.inference_mode():
+        prefill_cached(run, sibling, warm)
+        hits = warm.hits
+        ks_w, _, lg_w = prefill_cached(run, base, warm)
+        ks_c, _, lg_c = prefill_cached(run, base, BlockCache())
+    assert warm.hits == hits + 1  # the first block came from the sibling
+    assert torch.equal(lg_w, lg_c) and all(
+        torch.equal(a, b) for a, b in zip(ks_w, ks_c, strict=True))
+
+
+def test_samples_do_not_depend_on_the_prefix_cache(llama, tok):
+    """Targeted-like groups on one shared prefix: sampled with a warm cache (after their
+    siblings) they equal the same groups sampled by a fresh model; the cache stays bounded."""
+    ctx = list(_ids(tok, "a shared context that is long enough to fill a block or two " * 2))
+    reqs = [SampleRequest(tuple(ctx + [5 + d] * d), 3, seed=d) for d in (1, 4, 9)]
+    warm = HFModel(llama, tok, eos_token_ids=())
+    warm.sample(reqs[::-1], HOT)
+    assert warm._blocks.hits > 0
+    got = _tokens(warm.sample(reqs, HOT))
+    assert got == _tokens(HFModel(llama, tok, eos_token_ids=()).sample(reqs, HOT))
+    warm._blocks.max_bytes = 1
+    warm.sample([SampleRequest(_ids(tok, "another prompt"), 2, seed=0)], HOT)  # a miss
+    assert warm._blocks._bytes <= 1

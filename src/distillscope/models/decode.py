@@ -354,19 +354,30 @@ class DecodeRunner:
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self._linear(h, self.head_w, self.head_b)
 
-    def _forward(self, ids_L: torch.Tensor):
+    def _forward(self, ids_L: torch.Tensor, start: int = 0, past: tuple | None = None):
+        """Positions start .. start+L-1 of a sequence: their keys and values per layer (K, L, D)
+        and hidden states (L, hidden), attending to `past` = (keys, values) per layer of
+        positions 0 .. start-1 (models/prefix_cache.py) and causally to each other."""
         L = ids_L.shape[0]
         x = self.embed(ids_L)
-        cos, sin = self.cos_P_D[:L][:, None], self.sin_P_D[:L][:, None]  # (L, 1, D)
+        cos = self.cos_P_D[start : start + L][:, None]  # (L, 1, D)
+        sin = self.sin_P_D[start : start + L][:, None]
+        mask = None
+        if past is not None:  # query i sees every past position and new positions <= i
+            mask = (torch.arange(start + L, device=self.device)[None]
+                    <= start + torch.arange(L, device=self.device)[:, None])
         ks, vs = [], []
-        for ly in self.layers:
+        for li, ly in enumerate(self.layers):
             q, k, v = self._attn_in(ly, x, cos, sin)
             q, k, v = q.transpose(0, 1)[None], k.transpose(0, 1), v.transpose(0, 1)
             ks.append(k)
             vs.append(v)
+            if past is not None:
+                k, v = torch.cat([past[0][li], k], dim=1), torch.cat([past[1][li], v], dim=1)
             kr = k.repeat_interleave(self.R, dim=0)[None]
             vr = v.repeat_interleave(self.R, dim=0)[None]
-            o = F.scaled_dot_product_attention(q, kr, vr, is_causal=True, scale=self.scale)
+            o = F.scaled_dot_product_attention(q, kr, vr, attn_mask=mask, is_causal=mask is None,
+                                               scale=self.scale)
             x = self._attn_out(ly, x, o[0].transpose(0, 1).reshape(L, self.H * self.D))
         return ks, vs, x
 

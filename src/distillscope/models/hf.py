@@ -27,6 +27,7 @@ import torch
 from distillscope.models.base import ModelError
 from distillscope.models.chat import ChatTokenizerMixin, default_eos
 from distillscope.models.decode import DecodeRunner, draw_tokens, group_uniforms
+from distillscope.models.prefix_cache import BlockCache
 from distillscope.models.sampler import GroupSampler
 
 if TYPE_CHECKING:
@@ -244,6 +245,7 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
         self.attention = attention
         self.last_stats: dict[str, float] = {}
         self._hidden = _HiddenCache()
+        self._blocks = BlockCache()
 
     @property
     def _runner(self) -> DecodeRunner | None:
@@ -350,10 +352,9 @@ class _HiddenCache:
 
     def put(self, key: Any, h: torch.Tensor) -> None:
         size = h.numel() * h.element_size()
-        if size > self.max_bytes:
-            return
-        self._items[key] = h
-        self._bytes += size
+        if size <= self.max_bytes:
+            self._items[key] = h
+            self._bytes += size
         while self._bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
             self._bytes -= old.numel() * old.element_size()

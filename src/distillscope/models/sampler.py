@@ -32,7 +32,8 @@ it). Finished samples keep their slot (static shapes) and are masked; the loop e
 are done (checked every few steps on CUDA, every step on CPU).
 
 The mixin needs from its host: `model`, `tokenizer`, `name`, `cascade`, `cuda_graphs`,
-`check_every`, `last_stats`, `_device`, `_eos`, `_max_context`, `_max_batch_samples`,
+`check_every`, `last_stats`, `_blocks` (a `prefix_cache.BlockCache`), `_device`, `_eos`,
+`_max_context`, `_max_batch_samples`,
 `_runner` (a `DecodeRunner` or None) and `_check_length` (see `hf.HFModel`).
 
 Shape letters: B batch slots, G groups, L prefix positions, S generated positions (slots),
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 
 from distillscope.models.base import ModelError
 from distillscope.models.decode import DecodeState, KVBuffers, group_uniforms
+from distillscope.models.prefix_cache import prefill_cached
 from distillscope.types import Completion, FinishReason, SampleRequest, SamplingParams
 
 __all__ = ["GroupSampler"]
@@ -197,12 +199,8 @@ class GroupSampler:
         lengths = torch.tensor([len(p) for p in prefixes], device=run.device)
         pad_G_L = torch.arange(Lmax, device=run.device)[None] >= lengths[:, None]
         first = []
-        done: dict[tuple[int, ...], tuple] = {}  # groups of one prefix share its prefill
         for g, prefix in enumerate(prefixes):
-            key = tuple(prefix)
-            if key not in done:
-                done[key] = run.prefill(torch.tensor(prefix, dtype=torch.long, device=run.device))
-            ks, vs, logits_V = done[key]
+            ks, vs, logits_V = prefill_cached(run, prefix, self._blocks)
             for li in range(n_layers):
                 pre_k[li][g, :, : len(prefix)] = ks[li]
                 pre_v[li][g, :, : len(prefix)] = vs[li]

@@ -122,8 +122,9 @@ def _cvi_finding(cvi: pd.DataFrame, settings: Sequence[str], method: str) -> Fin
         pooled_sig = bool(r.delta_ci_high < 0 or r.delta_ci_low > 0)
         text += (f" Pooled over the settings' questions: Δ = {fnum(r.delta)} "
                  f"[{fnum(r.delta_ci_low)}, {fnum(r.delta_ci_high)}], permutation "
-                 f"p = {C.fp(float(r.p_perm))} ({fnum(r.n_questions_mixed, 0, signed=False)} questions with both "
-                 f"kinds of path).")
+                 f"p = {C.fp(float(r.p_perm))} "
+                 f"({fnum(r.n_questions_mixed, 0, signed=False)} questions with both kinds of "
+                 f"path).")
     return Finding("Correct vs incorrect across settings", text,
                    "conclusive" if (sig == len(settings) and settings) or pooled_sig
                    else "inconclusive")
