@@ -350,24 +350,23 @@ app.command("compare")(compare_command)
 @app.command()
 @_command
 def quickstart(
-    out: str = typer.Option("runs/quickstart", "--out", "-o", help="Run directory."),
+    out: str = typer.Option("runs/quickstart", "--out", "-o", help="Directory for the two "
+                            "settings' runs (OUT/yesno, OUT/choice) and their comparison "
+                            "(OUT/compare)."),
     force: bool = typer.Option(False, help="Apply a changed scoring.* or tree.n_sig to a run "
                                "directory (its scores are recomputed; other changes are "
                                "refused by name)."),
     threads: Optional[int] = THREADS_OPT,
     wait: bool = WAIT_OPT,
 ) -> None:
-    """The whole pipeline on CPU with the bundled SmolLM2-135M and bundled questions.
+    """The whole pipeline on CPU with the bundled SmolLM2-135M, on two settings (yes/no and
+    multiple-choice questions), then `compare` over the two.
 
-    Writes a run directory (default runs/quickstart) with its report in OUT/report/."""
-    from distillscope.presets import quickstart_config
+    Writes OUT/yesno and OUT/choice (run directories, each with OUT/.../report/) and
+    OUT/compare/compare.html; rerunning resumes."""
+    from distillscope.cli_quickstart import run_quickstart
 
-    _threads(threads)
-    out_dir = _path(out, "--out")
-    html = _run(quickstart_config(), out_dir, force=force, report=True, wait=wait)
-    if html is not None:
-        _print_ranking(html, out_dir)
-    console.print(f"[bold green]done[/]: open {out_dir / 'report' / 'report.html'}")
+    run_quickstart(_path(out, "--out"), force=force, threads=threads, wait=wait)
 
 
 def main() -> None:

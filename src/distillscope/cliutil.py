@@ -314,7 +314,7 @@ def _stored_config(out: Path) -> Optional[RunConfig]:
 
 def _run(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool = True,
          ray: Optional[str] = None, wait: bool = False,
-         trust_remote_code: bool = False) -> Optional[Path]:
+         trust_remote_code: bool = False, models: Optional[dict] = None) -> Optional[Path]:
     from distillscope import pipeline
     from distillscope.store import run_lock
 
@@ -332,7 +332,8 @@ def _run(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool
             run_on_ray(config, out, address=ray or None, reporter=_reporter(), force=force,
                        score=score)
         else:
-            pipeline.run(config, out, reporter=_reporter(), force=force, score=score)
+            pipeline.run(config, out, reporter=_reporter(), force=force, score=score,
+                         models=models)
         _say_done(out, before, "run" if score else "shared tree")
         _warn_truncated(out)
         if report and score:

@@ -108,9 +108,13 @@ def test_every_preset_validates(path):
 
 
 def test_quickstart_yaml_matches_builtin_preset():
-    from distillscope.presets import quickstart_config
+    from distillscope.presets import QUICKSTART_SETTINGS, quickstart_config
 
     assert load_config(ROOT / "configs" / "quickstart.yaml") == quickstart_config()
+    assert load_config(ROOT / "configs" / "quickstart-choice.yaml") == quickstart_config("choice")
+    assert [k for k, _ in QUICKSTART_SETTINGS] == ["yesno", "choice"]
+    yn, mc = (set(quickstart_config(k).task.ids) for k, _ in QUICKSTART_SETTINGS)
+    assert len(yn) == len(mc) == 12 and not yn & mc
 
 
 # ---------------------------------------------------------------------------------------------

@@ -195,7 +195,8 @@ def write_compare(
             r.p_top_differs
     cvi_all = res["correct_vs_incorrect"]
     for r in (cvi_all[cvi_all["metric"] == "mean_cosine"].itertuples() if len(cvi_all) else []):
-        for k in ("delta", "delta_ci_low", "delta_ci_high", "p_perm", "n_questions_mixed"):
+        for k in ("delta", "delta_ci_low", "delta_ci_high", "p_perm", "p_perm_min",
+                  "n_questions_mixed"):
             summary[f"correct_vs_incorrect/{r.setting}/{k}"] = getattr(r, k)
     sp_wide, tops = _spearman_wide(res["spearman"], res["ranking"], method, names)
     save("spearman", sp_wide.rename(columns={

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 from rich.table import Table
 
-__all__ = ["fmt", "in_words", "ranking_table"]
+__all__ = ["contrast_words", "fmt", "in_words", "ranking_table"]
 
 # (header, justify); the order of the table
 COLUMNS = (("#", "right"), ("teacher", "left"), ("mean", "right"), ("95% CI", "right"),
@@ -104,24 +104,39 @@ def in_words(summary: dict, method: str = "gkd") -> list[str]:
                      f"[{fmt(lo)}, {fmt(hi)}], {sure}.")
         lines.append(line)
     c = f"correct_vs_incorrect/{method}/mean_cosine/"
-    delta = summary.get(c + "delta")
-    if delta is not None and math.isfinite(float(delta)):
-        which = ("Incorrect paths align more than correct ones" if delta < 0
-                 else "Correct paths align more than incorrect ones")
-        lo, hi = float(summary[c + "delta_ci_low"]), float(summary[c + "delta_ci_high"])
-        p, p_min = float(summary[c + "p_perm"]), float(summary.get(c + "p_perm_min", math.nan))
-        nq = int(summary.get(c + "n_questions_mixed") or 0)
-        if nq == 0:
-            sure = "no question has both kinds of path, so this is not tested"
-        elif math.isfinite(p_min) and p_min > ALPHA:
-            sure = (f"with {nq} questions having both kinds of path the test cannot reach "
-                    f"p < {ALPHA}: inconclusive")
-        elif p < ALPHA:
-            sure = f"significant at the question level (permutation p = {p:.3g}, {nq} questions)"
-        else:
-            sure = (f"not significant at the question level (permutation p = {p:.2f}, "
-                    f"{nq} questions)")
-        excl = "excludes" if hi < 0 or lo > 0 else "includes"
-        lines.append(f"{which}: Δ = correct − incorrect = {fmt(delta)} (95% CI [{fmt(lo)}, "
-                     f"{fmt(hi)}], which {excl} 0); {sure}.")
+    line = contrast_words({k: summary.get(c + k) for k in CONTRAST_KEYS})
+    if line:
+        lines.append(line)
     return lines
+
+
+CONTRAST_KEYS = ("delta", "delta_ci_low", "delta_ci_high", "p_perm", "p_perm_min",
+                 "n_questions_mixed")
+
+
+def contrast_words(c: dict) -> str | None:
+    """One sentence on Δ = correct − incorrect (mean cosine): its direction, CI, and what the
+    question-level permutation test says (or why it cannot say anything). None when the run
+    has no such contrast."""
+    delta = c.get("delta")
+    if delta is None or not math.isfinite(float(delta)):
+        return None
+    which = ("Incorrect paths align more than correct ones" if delta < 0
+             else "Correct paths align more than incorrect ones")
+    lo, hi = float(c["delta_ci_low"]), float(c["delta_ci_high"])
+    p = float(c["p_perm"]) if c.get("p_perm") is not None else math.nan
+    p_min = float(c["p_perm_min"]) if c.get("p_perm_min") is not None else math.nan
+    nq = int(c.get("n_questions_mixed") or 0)
+    if nq == 0:
+        sure = "no question has both kinds of path, so this is not tested"
+    elif math.isfinite(p_min) and p_min > ALPHA:
+        sure = (f"with {nq} questions having both kinds of path the test cannot reach "
+                f"p < {ALPHA}: inconclusive")
+    elif p < ALPHA:
+        sure = f"significant at the question level (permutation p = {p:.3g}, {nq} questions)"
+    else:
+        sure = (f"not significant at the question level (permutation p = {p:.2f}, "
+                f"{nq} questions)")
+    excl = "excludes" if hi < 0 or lo > 0 else "includes"
+    return (f"{which}: Δ = correct − incorrect = {fmt(delta)} (95% CI [{fmt(lo)}, {fmt(hi)}], "
+            f"which {excl} 0); {sure}.")
