@@ -9,16 +9,16 @@ scoring is here.
 
 Scoring (`HFModel.logprob_chunks`): one forward of the base model over context + response
 (hidden states only), then lm_head and a float32 log-softmax chunk by chunk on the device;
-memory is O(T x hidden + chunk x V), so a 30k-token response fits. The response's hidden states
-of the last few sequences are kept (`_HiddenCache`, bounded in bytes): the pipeline scores the
-student on a path once per teacher and again in phase 2, and each of those is now one forward.
+memory is O(T x hidden + chunk x V), so a 30k-token response fits. The response's hidden
+states of the last few sequences are kept (`prefix_cache.ByteLRU`, bounded in bytes): the
+pipeline scores the student on a path once per teacher and again in phase 2, and each of those
+is now one forward.
 The cached values are the ones the forward computes, so a run gives the same numbers with or
 without it (a resumed run starts with an empty cache).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ import torch
 from distillscope.models.base import ModelError
 from distillscope.models.chat import ChatTokenizerMixin, default_eos
 from distillscope.models.decode import DecodeRunner, draw_tokens, group_uniforms
-from distillscope.models.prefix_cache import BlockCache
+from distillscope.models.prefix_cache import BlockCache, ByteLRU, tensor_bytes
 from distillscope.models.sampler import GroupSampler
 
 if TYPE_CHECKING:
@@ -244,7 +244,7 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
             )
         self.attention = attention
         self.last_stats: dict[str, float] = {}
-        self._hidden = _HiddenCache()
+        self._hidden = ByteLRU(tensor_bytes)  # (context length, sequence) -> response states
         self._blocks = BlockCache()
 
     @property
@@ -327,34 +327,3 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
                 f"({self._max_context}); shorten the prompt or raise options.max_context"
             )
 
-
-class _HiddenCache:
-    """The response hidden states of the most recently scored sequences, least recently used
-    dropped first once they hold more than `max_bytes`. The model's weights are taken as fixed
-    (distillscope never trains); code that changes them should call `clear()`."""
-
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[Any, torch.Tensor] = OrderedDict()
-        self._bytes = 0
-        self.hits = 0
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
-
-    def get(self, key: Any) -> torch.Tensor | None:
-        h = self._items.get(key)
-        if h is not None:
-            self._items.move_to_end(key)
-            self.hits += 1
-        return h
-
-    def put(self, key: Any, h: torch.Tensor) -> None:
-        size = h.numel() * h.element_size()
-        if size <= self.max_bytes:
-            self._items[key] = h
-            self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()

@@ -16,23 +16,27 @@ The cache is bounded in bytes (least recently used dropped first) and belongs to
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BLOCK", "BlockCache", "prefill_cached"]
+__all__ = ["BLOCK", "BlockCache", "ByteLRU", "prefill_cached", "tensor_bytes"]
 
 BLOCK = 32
 
 
-class BlockCache:
-    """(tokens up to a block's end) -> (keys per layer, values per layer, last hidden state)."""
+class ByteLRU:
+    """A dict bounded in bytes: least recently used entries dropped first once the values hold
+    more than `max_bytes` (`size(value)` bytes each; a value larger than the bound is not kept).
+    The model's weights are taken as fixed (distillscope never trains); code that changes them
+    should call `clear()`."""
 
-    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, size: Callable[[Any], int], max_bytes: int = 256 * 2**20) -> None:
+        self.size = size
         self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[int, ...], tuple] = OrderedDict()
+        self._items: OrderedDict[Any, Any] = OrderedDict()
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -41,7 +45,7 @@ class BlockCache:
         self._items.clear()
         self._bytes = 0
 
-    def get(self, key: tuple[int, ...]) -> tuple | None:
+    def get(self, key: Any) -> Any:
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
@@ -50,19 +54,25 @@ class BlockCache:
             self.misses += 1
         return item
 
-    def put(self, key: tuple[int, ...], item: tuple) -> None:
-        size = _nbytes(item)
+    def put(self, key: Any, item: Any) -> None:
+        size = self.size(item)
         if size <= self.max_bytes:
             self._items[key] = item
             self._bytes += size
         while self._bytes > self.max_bytes:
             _, old = self._items.popitem(last=False)
-            self._bytes -= _nbytes(old)
+            self._bytes -= self.size(old)
 
 
-def _nbytes(item: tuple) -> int:
-    ks, vs, x = item
-    return sum(t.numel() * t.element_size() for t in (*ks, *vs, x))
+def tensor_bytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class BlockCache(ByteLRU):
+    """(tokens up to a block's end) -> (keys per layer, values per layer, last hidden state)."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        super().__init__(lambda item: tensor_bytes(*item[0], *item[1], item[2]), max_bytes)
 
 
 def prefill_cached(run: Any, prefix: Sequence[int], cache: BlockCache):
