@@ -347,3 +347,53 @@ def test_rate_and_eta_are_the_mean_over_the_bar_not_the_last_burst():
     assert rate_text(resumed, "q") == "-- q/s" and eta_text(resumed) == "-:--:--"
     long = SimpleNamespace(fields={"work": 1.0}, elapsed=1.0, total=3_700.0, completed=0.0)
     assert eta_text(long) == "1:01:40"
+
+
+def test_quickstart_refuses_an_old_single_run_directory_and_a_file(tmp_path, monkeypatch):
+    """The quickstart writes OUT/yesno, OUT/choice and OUT/compare; an OUT that is itself a run
+    (the earlier layout) or a file is refused in one line, before any model is loaded, and
+    nothing in it is touched."""
+    from distillscope import cli_quickstart
+
+    monkeypatch.setattr(cli_quickstart, "_run", lambda *a, **k: pytest.fail("a run started"))
+    old = tmp_path / "runs" / "quickstart"
+    old.mkdir(parents=True)
+    (old / "config.yaml").write_text("name: quickstart\n")
+    res = CliRunner().invoke(app, ["quickstart", "--out", str(old)])
+    assert res.exit_code == 2 and "is a run directory" in res.output, res.output
+    assert "Traceback" not in res.output and sorted(p.name for p in old.iterdir()) == [
+        "config.yaml"]
+    f = tmp_path / "file"
+    f.write_text("x")
+    res = CliRunner().invoke(app, ["quickstart", "--out", str(f)])
+    assert res.exit_code == 2 and "is a file" in res.output, res.output
+
+
+def test_quickstart_runs_both_settings_then_compares_them(tmp_path, monkeypatch):
+    """The quickstart's plumbing on the toy world (the real preset takes minutes): two run
+    directories with reports, one compare page over them with the pooled contrast, closing
+    lines for each setting and for the comparison, and one model cache shared by both runs."""
+    from distillscope import cli_quickstart, presets
+
+    def toy(kind: str = "yesno"):
+        seed = {"yesno": 1, "choice": 2}[kind]
+        return load_config(TOY, {"task.options.n_questions": 4, "tree.G": 60, "seed": seed,
+                                 "task.options.seed": seed})
+
+    monkeypatch.setattr(presets, "quickstart_config", toy)
+    caches = []
+    run = cli_quickstart._run
+    monkeypatch.setattr(cli_quickstart, "_run",
+                        lambda *a, **k: caches.append(id(k["models"])) or run(*a, **k))
+    out = tmp_path / "qs"
+    res = invoke("quickstart", "--out", out)
+    assert res.exit_code == 0, res.output
+    for kind in ("yesno", "choice"):
+        assert (out / kind / "report" / "report.html").is_file()
+    summary = json.loads((out / "compare" / "compare.json").read_text())
+    assert summary["setting/0/label"] == "yes/no" and summary["setting/1/label"] == (
+        "multiple choice")
+    assert "correct_vs_incorrect/all settings (pooled)/delta" in summary
+    assert res.output.count("Best teacher (gkd)") == 2
+    assert "Across the two settings:" in res.output and len(set(caches)) == 1 == len(
+        caches) - 1
