@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = [
     "student.backend=vllm",
+    "student.options={}",  # the preset's matmul_dtype is an hf option
     "task.ids=[qs-yn-01, qs-mc-04, qs-yn-04]",
     "sampling.max_new_tokens=16",
     "context.max_trials=6",
