@@ -239,10 +239,12 @@ def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> Non
         return
     out = Console()  # the table goes to stdout, messages to stderr
     out.print(ranking_table(rank, method, out.width))
-    summary_json = report_html.parent / "summary.json"
-    if summary_json.is_file():
-        for line in in_words(json.loads(summary_json.read_text()), method):
-            out.print(line, markup=False, highlight=False)
+    try:
+        summary = json.loads((report_html.parent / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # the table above is the result; the words are a courtesy
+        summary = {}
+    for line in in_words(summary, method):
+        out.print(line, markup=False, highlight=False)
     if undefined:
         console.print("undefined alignment at every decision point (a zero-norm gradient, "
                       f"e.g. a teacher equal to the student): {', '.join(undefined)}",

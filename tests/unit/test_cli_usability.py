@@ -397,3 +397,28 @@ def test_quickstart_runs_both_settings_then_compares_them(tmp_path, monkeypatch)
     assert res.output.count("Best teacher (gkd)") == 2
     assert "Across the two settings:" in res.output and len(set(caches)) == 1 == len(
         caches) - 1
+
+
+def test_closing_lines_in_words_handle_missing_values():
+    """`in_words` on a one-question run (no CI: None in summary.json), on a run without the
+    contrast, and on a conclusive one: it never raises and says how sure it is."""
+    from distillscope.report.terminal import contrast_words, in_words
+
+    one = {"ranking/gkd/first": "a", "ranking/gkd/a/mean": 0.5, "ranking/gkd/a/ci_low": None,
+           "ranking/gkd/a/ci_high": None, "ranking/gkd/a/gap_ci_low": None,
+           "ranking/gkd/b/rank": 2,
+           "correct_vs_incorrect/gkd/mean_cosine/delta": -0.2,
+           "correct_vs_incorrect/gkd/mean_cosine/delta_ci_low": None,
+           "correct_vs_incorrect/gkd/mean_cosine/n_questions_mixed": 1,
+           "correct_vs_incorrect/gkd/mean_cosine/p_perm": None}
+    lines = in_words(one)
+    assert lines[0].startswith("Best teacher (gkd): a, mean alignment +0.500 (95% CI [n/a")
+    assert "lead" not in lines[0] and "no CI: fewer than two questions" in lines[1]
+    assert "could not be run" in lines[1]
+    assert in_words({}) == []
+    sure = contrast_words({"delta": -0.4, "delta_ci_low": -0.7, "delta_ci_high": -0.1,
+                           "p_perm": 0.01, "p_perm_min": 1e-4, "n_questions_mixed": 19})
+    assert "excludes 0" in sure and "significant at the question level" in sure
+    weak = contrast_words({"delta": 0.1, "delta_ci_low": -0.3, "delta_ci_high": 0.5,
+                           "p_perm": 0.5, "p_perm_min": 0.0625, "n_questions_mixed": 4})
+    assert weak.startswith("Correct paths align more") and "cannot reach" in weak

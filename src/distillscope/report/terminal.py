@@ -24,8 +24,8 @@ DROP_ORDER = ("undefined", "nodes", "questions", "beats next?")
 TEACHER_MIN = 8  # a teacher column narrower than this folds names into unreadable pieces
 
 
-def fmt(x: float, signed: bool = True) -> str:
-    x = float(x)
+def fmt(x: float | None, signed: bool = True) -> str:
+    x = _f(x)
     if not math.isfinite(x):
         return "n/a"
     return f"{x:+.3f}" if signed else f"{x:.3f}"
@@ -84,6 +84,14 @@ def ranking_table(rank: pd.DataFrame, method: str, width: int) -> Table:
 ALPHA = 0.05
 
 
+def _f(x) -> float:
+    """A summary value as a float: None (no value, e.g. a CI of one question) is NaN."""
+    try:
+        return math.nan if x is None else float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def in_words(summary: dict, method: str = "gkd") -> list[str]:
     """The closing lines of a run: what was found and how sure it is, from `summary.json`
     (the report's numbers): the first teacher and whether its lead is established, then the
@@ -92,15 +100,16 @@ def in_words(summary: dict, method: str = "gkd") -> list[str]:
     first = summary.get(f"ranking/{method}/first")
     if first is not None:
         r = f"ranking/{method}/{first}/"
-        line = (f"Best teacher ({method}): {first}, mean alignment {fmt(summary[r + 'mean'])} "
-                f"(95% CI [{fmt(summary[r + 'ci_low'])}, {fmt(summary[r + 'ci_high'])}]).")
+        line = (f"Best teacher ({method}): {first}, mean alignment "
+                f"{fmt(summary.get(r + 'mean'))} (95% CI [{fmt(summary.get(r + 'ci_low'))}, "
+                f"{fmt(summary.get(r + 'ci_high'))}]).")
         nxt = [k.split("/")[2] for k, v in summary.items()
                if k.startswith(f"ranking/{method}/") and k.endswith("/rank") and v == 2]
         lo, hi = summary.get(r + "gap_ci_low"), summary.get(r + "gap_ci_high")
-        if nxt and lo is not None and math.isfinite(float(lo)):
+        if nxt and math.isfinite(_f(lo)) and math.isfinite(_f(hi)):
             sure = ("established: the paired CI excludes 0" if summary.get(r + "separated")
                     else "not established: the paired CI includes 0")
-            line += (f" Its lead over {nxt[0]} is {fmt(summary[r + 'gap_to_next'])} "
+            line += (f" Its lead over {nxt[0]} is {fmt(summary.get(r + 'gap_to_next'))} "
                      f"[{fmt(lo)}, {fmt(hi)}], {sure}.")
         lines.append(line)
     c = f"correct_vs_incorrect/{method}/mean_cosine/"
@@ -118,25 +127,30 @@ def contrast_words(c: dict) -> str | None:
     """One sentence on Δ = correct − incorrect (mean cosine): its direction, CI, and what the
     question-level permutation test says (or why it cannot say anything). None when the run
     has no such contrast."""
-    delta = c.get("delta")
-    if delta is None or not math.isfinite(float(delta)):
+    delta = _f(c.get("delta"))
+    if not math.isfinite(delta):
         return None
     which = ("Incorrect paths align more than correct ones" if delta < 0
              else "Correct paths align more than incorrect ones")
-    lo, hi = float(c["delta_ci_low"]), float(c["delta_ci_high"])
-    p = float(c["p_perm"]) if c.get("p_perm") is not None else math.nan
-    p_min = float(c["p_perm_min"]) if c.get("p_perm_min") is not None else math.nan
-    nq = int(c.get("n_questions_mixed") or 0)
+    lo, hi = _f(c.get("delta_ci_low")), _f(c.get("delta_ci_high"))
+    p, p_min = _f(c.get("p_perm")), _f(c.get("p_perm_min"))
+    nq = int(_f(c.get("n_questions_mixed")) if math.isfinite(_f(c.get("n_questions_mixed")))
+             else 0)
     if nq == 0:
         sure = "no question has both kinds of path, so this is not tested"
     elif math.isfinite(p_min) and p_min > ALPHA:
         sure = (f"with {nq} questions having both kinds of path the test cannot reach "
                 f"p < {ALPHA}: inconclusive")
+    elif not math.isfinite(p):
+        sure = "the question-level test could not be run"
     elif p < ALPHA:
         sure = f"significant at the question level (permutation p = {p:.3g}, {nq} questions)"
     else:
         sure = (f"not significant at the question level (permutation p = {p:.2f}, "
                 f"{nq} questions)")
-    excl = "excludes" if hi < 0 or lo > 0 else "includes"
-    return (f"{which}: Δ = correct − incorrect = {fmt(delta)} (95% CI [{fmt(lo)}, {fmt(hi)}], "
-            f"which {excl} 0); {sure}.")
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        ci = "no CI: fewer than two questions"
+    else:
+        ci = (f"95% CI [{fmt(lo)}, {fmt(hi)}], which "
+              f"{'excludes' if hi < 0 or lo > 0 else 'includes'} 0")
+    return f"{which}: Δ = correct − incorrect = {fmt(delta)} ({ci}); {sure}."
