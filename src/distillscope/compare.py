@@ -376,11 +376,11 @@ def compare(settings: Sequence[Setting], *, methods: Sequence[str] | None = None
         methods = [m for m in (*TEACHER_METHODS, "drgrpo") if m in present]
     kw = {"n_boot": n_boot, "seed": seed}
     rank_rows, cvi_rows, sp_rows, pq_rows, sr_rows = [], [], [], [], []
+    m0 = methods[0] if methods else "gkd"  # the method of the per-setting views
     for s in settings:
         for m in methods:
             r = analysis.teacher_ranking(s.nodes, m, **kw)
             rank_rows.append(r.assign(setting=s.label, method=m))
-        m0 = methods[0] if methods else "gkd"
         cvi_rows.append(analysis.correct_vs_incorrect(s.nodes, m0, n_perm=n_perm, **kw)
                         .assign(setting=s.label))
         sp = analysis.within_path_spearman(s.nodes, m0)
@@ -392,8 +392,8 @@ def compare(settings: Sequence[Setting], *, methods: Sequence[str] | None = None
         # the permutation test resample them all (a qid is made unique per setting)
         pooled = pd.concat([s.nodes.assign(qid=s.label + "::" + s.nodes["qid"].astype(str))
                             for s in settings], ignore_index=True)
-        cvi_rows.append(analysis.correct_vs_incorrect(pooled, methods[0] if methods else "gkd",
-                                                      n_perm=n_perm, **kw).assign(setting=POOLED))
+        cvi_rows.append(analysis.correct_vs_incorrect(pooled, m0, n_perm=n_perm, **kw)
+                        .assign(setting=POOLED))
     ranking = pd.concat(rank_rows, ignore_index=True) if rank_rows else pd.DataFrame()
     tests, pairs, shares = {}, [], []
     for m in methods:

@@ -170,21 +170,22 @@ def _initial_rollouts_batched(rt: Runtime, bar) -> set[str]:
     groups = len(range(0, rt.config.tree.G, rt.config.tree.group_size))  # per question
     per_call = max(1, rt.config.sampling.batch_groups // max(1, groups))
     for start in range(0, len(todo), per_call):
-        chunk = todo[start:start + per_call]
-        rows = _sample_questions(rt, [(q, _initial_requests(rt, q), 0) for q in chunk])
-        for q, r in zip(chunk, rows, strict=True):
-            rt.store.commit(f"{question_key(rt, q)}/a-init", {"rollouts": r})
-            bar.advance(rt.config.tree.G)
+        _sample_initial(rt, todo[start:start + per_call], bar)
     return {q.qid for q in todo}
+
+
+def _sample_initial(rt: Runtime, qs: list[Question], bar) -> None:
+    """The initial rollouts of `qs` in one sampler call, committed one unit per question."""
+    rows = _sample_questions(rt, [(q, _initial_requests(rt, q), 0) for q in qs])
+    for q, r in zip(qs, rows, strict=True):
+        rt.store.commit(f"{question_key(rt, q)}/a-init", {"rollouts": r})
+        bar.advance(rt.config.tree.G)
 
 
 def _initial_rollouts(rt: Runtime, q: Question, bar, counted: Collection[str]) -> pd.DataFrame:
     key = question_key(rt, q)
-    unit = f"{key}/a-init"
-    if not rt.store.is_done(unit):
-        rows = _sample_rows(rt, q, _initial_requests(rt, q), first_id=0)
-        rt.store.commit(unit, {"rollouts": rows})
-        bar.advance(rt.config.tree.G)
+    if not rt.store.is_done(f"{key}/a-init"):
+        _sample_initial(rt, [q], bar)
     elif q.qid not in counted:
         bar.skip(rt.config.tree.G)
     return rt.store.read("rollouts", unit_prefix=f"{key}/a-init")

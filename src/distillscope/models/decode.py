@@ -342,14 +342,18 @@ class DecodeRunner:
     def prefill(self, ids_L: torch.Tensor):
         """One prefix: per-layer keys and values (K, L, D) and the last position's logits (V)."""
         ks, vs, x = self._forward(ids_L)
-        last = F.rms_norm(x[-1:], (self.hidden,), self.norm_w, self.norm_eps)
-        return ks, vs, self.head(last)[0]
+        return ks, vs, self.last_logits(x[-1])
 
     def forward_hidden(self, ids_L: torch.Tensor) -> torch.Tensor:
         """The final (normed) hidden states (L, hidden) of a sequence: `head` of row t gives
         the logits of token t + 1, computed with the same products as sampling."""
         x = self._forward(ids_L)[2]
         return F.rms_norm(x, (self.hidden,), self.norm_w, self.norm_eps)
+
+    def last_logits(self, x_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (V) of the next token from one position's hidden state (before the norm)."""
+        return self.head(F.rms_norm(x_hidden[None], (self.hidden,), self.norm_w,
+                                    self.norm_eps))[0]
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self._linear(h, self.head_w, self.head_b)

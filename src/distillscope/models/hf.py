@@ -292,7 +292,7 @@ class HFModel(ChatTokenizerMixin, GroupSampler):
         run = self._runner if self.matmul_dtype is not None else None
         # the sampler's products (runner.forward_hidden, runner.head) when matmul_dtype is
         # set, so that the probabilities scored are those the samples were drawn from
-        head = (lambda h: run.head(h)) if run is not None else self.model.get_output_embeddings()
+        head = run.head if run is not None else self.model.get_output_embeddings()
         h_T = self._hidden.get(key)
         if h_T is None:
             ids = torch.tensor([seq], dtype=torch.long, device=self._device)

@@ -20,7 +20,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["BLOCK", "BlockCache", "ByteLRU", "prefill_cached", "tensor_bytes"]
 
@@ -102,5 +101,4 @@ def prefill_cached(run: Any, prefix: Sequence[int], cache: BlockCache):
     assert item is not None, "an empty prefix"
     ks = [torch.cat(p, dim=1) if len(p) > 1 else p[0] for p in ks_parts]
     vs = [torch.cat(p, dim=1) if len(p) > 1 else p[0] for p in vs_parts]
-    last = F.rms_norm(item[2][None], (run.hidden,), run.norm_w, run.norm_eps)
-    return ks, vs, run.head(last)[0]
+    return ks, vs, run.last_logits(item[2])

@@ -134,8 +134,8 @@ def contrast_words(c: dict) -> str | None:
              else "Correct paths align more than incorrect ones")
     lo, hi = _f(c.get("delta_ci_low")), _f(c.get("delta_ci_high"))
     p, p_min = _f(c.get("p_perm")), _f(c.get("p_perm_min"))
-    nq = int(_f(c.get("n_questions_mixed")) if math.isfinite(_f(c.get("n_questions_mixed")))
-             else 0)
+    nq_f = _f(c.get("n_questions_mixed"))
+    nq = int(nq_f) if math.isfinite(nq_f) else 0
     if nq == 0:
         sure = "no question has both kinds of path, so this is not tested"
     elif math.isfinite(p_min) and p_min > ALPHA:
