@@ -56,6 +56,7 @@ def compare_command(
         if method not in TEST_METHODS:
             raise ValueError(f"--method must be gkd, sampled or minillm; got '{method}'")
         from distillscope.report.compare_page import write_compare
+        from distillscope.report.terminal import compare_words
 
         path = write_compare(run_dirs, out, labels=label or None, seed=seed, method=method,
                              min_sr_range=min_sr_range)
@@ -65,5 +66,5 @@ def compare_command(
     summary = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     err_console.print(f"compare: {path} (compare.json, tables/, figures/ beside it)",
                       markup=False, highlight=False)
-    Console().print(str(summary.get(f"verdict/{method}/text", "")), markup=False,
-                    highlight=False)
+    for line in compare_words(summary, method):
+        Console().print(line, markup=False, highlight=False)

@@ -36,10 +36,9 @@ def _check_layout(out_dir: Path) -> None:
 
 
 def run_quickstart(out_dir: Path, *, force: bool, threads: Optional[int], wait: bool) -> None:
-    from distillscope.compare import POOLED
     from distillscope.presets import QUICKSTART_SETTINGS, quickstart_config
     from distillscope.report.compare_page import write_compare
-    from distillscope.report.terminal import CONTRAST_KEYS, contrast_words
+    from distillscope.report.terminal import compare_words
 
     _threads(threads)
     _check_layout(out_dir)
@@ -59,12 +58,8 @@ def run_quickstart(out_dir: Path, *, force: bool, threads: Optional[int], wait: 
     path = write_compare(runs, out_dir / "compare", labels=labels)
     summary = json.loads((out_dir / "compare" / "compare.json").read_text(encoding="utf-8"))
     console.print(f"compare: {path}", markup=False, highlight=False)
-    out.print("Across the two settings: " + str(summary.get("verdict/gkd/text", "")),
-              markup=False, highlight=False)
-    pooled = contrast_words({k: summary.get(f"correct_vs_incorrect/{POOLED}/{k}")
-                             for k in CONTRAST_KEYS})
-    if pooled:
-        out.print("Pooled over both settings' questions: " + pooled[0].lower() + pooled[1:],
-                  markup=False, highlight=False)
+    for i, line in enumerate(compare_words(summary)):
+        out.print(("Across the two settings: " if i == 0 else "") + line, markup=False,
+                  highlight=False)
     console.print(f"[bold green]done[/]: open {runs[0] / 'report' / 'report.html'}, "
                   f"{runs[1] / 'report' / 'report.html'} and {path}")

@@ -82,6 +82,10 @@ def test_cli_compare_over_toy_runs(toys, tmp_path):
                                       "base rank"]
     summary = json.loads((out / "compare.json").read_text())
     assert summary["verdict/gkd/status"] == "differs"
+    # the contrast pooled over both runs' questions closes the output, with compare.json's Δ
+    delta = summary["correct_vs_incorrect/all settings (pooled)/delta"]
+    assert "Pooled over every setting's questions: " in res.output
+    assert f"Δ = correct − incorrect = {delta:+.3f}" in " ".join(res.output.split())
 
 
 def test_high_stakes_compare_recomputes_on_fewer_nodes(toys, tmp_path):

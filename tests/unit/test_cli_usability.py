@@ -419,6 +419,11 @@ def test_closing_lines_in_words_handle_missing_values():
     sure = contrast_words({"delta": -0.4, "delta_ci_low": -0.7, "delta_ci_high": -0.1,
                            "p_perm": 0.01, "p_perm_min": 1e-4, "n_questions_mixed": 19})
     assert "excludes 0" in sure and "significant at the question level" in sure
+    assert sure.endswith("than on its correct ones, the paper's main finding.")
+    ci_only = contrast_words({"delta": -0.4, "delta_ci_low": -0.7, "delta_ci_high": -0.1,
+                              "p_perm": 0.2, "p_perm_min": 1e-4, "n_questions_mixed": 19})
+    assert "excludes 0" in ci_only and "Reading" not in ci_only  # the test disagrees
     weak = contrast_words({"delta": 0.1, "delta_ci_low": -0.3, "delta_ci_high": 0.5,
                            "p_perm": 0.5, "p_perm_min": 0.0625, "n_questions_mixed": 4})
     assert weak.startswith("Correct paths align more") and "cannot reach" in weak
+    assert "Reading" not in weak

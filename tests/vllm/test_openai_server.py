@@ -103,6 +103,7 @@ def test_pipeline_alignment_equal_where_su_inside_topk(server, tmp_path):
         "task.ids": ["qs-yn-01", "qs-mc-04", "qs-mc-00"], "student.options": opts,
         "sampling.max_new_tokens": 16,
         "tree.G": 24, "tree.n_min": 8, "tree.n_sig": 4, "tree.window_base": 4,
+        "tree.n_correct_paths": 1, "tree.n_incorrect_paths": 1,
         "teachers": [
             {"name": "hf", "mode": "external",
              "model": {**teacher, "backend": "hf", "options": opts}},

@@ -30,6 +30,7 @@ SMALL = [
     "sampling.max_new_tokens=16",
     "context.max_trials=6",
     "tree.G=12", "tree.n_min=10", "tree.n_sig=5", "tree.window_base=4",
+    "tree.n_correct_paths=1", "tree.n_incorrect_paths=1",
 ]
 
 

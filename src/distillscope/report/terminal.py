@@ -119,6 +119,20 @@ def in_words(summary: dict, method: str = "gkd") -> list[str]:
     return lines
 
 
+def compare_words(summary: dict, method: str = "gkd") -> list[str]:
+    """The closing lines of `compare`, from `compare.json`: the verdict on a universal best,
+    then the correct-vs-incorrect contrast pooled over every setting's questions."""
+    from distillscope.compare import POOLED
+
+    verdict = summary.get(f"verdict/{method}/text")
+    lines = [str(verdict)] if verdict else []
+    pooled = contrast_words({k: summary.get(f"correct_vs_incorrect/{POOLED}/{k}")
+                             for k in CONTRAST_KEYS})
+    if pooled:
+        lines.append("Pooled over every setting's questions: " + pooled[0].lower() + pooled[1:])
+    return lines
+
+
 CONTRAST_KEYS = ("delta", "delta_ci_low", "delta_ci_high", "p_perm", "p_perm_min",
                  "n_questions_mixed")
 
@@ -153,4 +167,12 @@ def contrast_words(c: dict) -> str | None:
     else:
         ci = (f"95% CI [{fmt(lo)}, {fmt(hi)}], which "
               f"{'excludes' if hi < 0 or lo > 0 else 'includes'} 0")
-    return f"{which}: Δ = correct − incorrect = {fmt(delta)} ({ci}); {sure}."
+    line = f"{which}: Δ = correct − incorrect = {fmt(delta)} ({ci}); {sure}."
+    if (hi < 0 or lo > 0) and math.isfinite(p) and p < ALPHA:  # both say so: read it out
+        line += (" Reading: the teachers' updates agree with the ideal one more on the "
+                 "student's failed answers than on its correct ones, the paper's main finding."
+                 if delta < 0 else
+                 " Reading: the teachers' updates agree with the ideal one more on the "
+                 "student's correct answers than on its failed ones, the reverse of the "
+                 "paper's main finding.")
+    return line
