@@ -9,8 +9,8 @@ measures, in one process and interleaved (best of `--repeats`), the same samples
 * targeted  one call per remaining budget (as phase1)   vs  the unit's groups in one call
             with per-request budgets (`sample(..., budgets=)`: the same samples)
 
-and, for information, the batched calls with `sample_dtype: bfloat16` (not the default: see
-benchmarks/RESULTS.md). Prefixes are the quickstart's real prompts; targeted prefixes append
+and the batched calls with `matmul_dtype: bfloat16` (the quickstart preset's; the float32 rows
+are the same model without it). Prefixes are the quickstart's real prompts; targeted prefixes append
 random tokens (depths 0-24) as forced path prefixes.
 
     .venv/bin/python benchmarks/batching.py --threads 1 --questions 4
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [("float32", None)] + ([] if args.no_bf16 else [("bfloat16", torch.bfloat16)])
     for _ in range(args.repeats):
         for dname, dt in variants:
-            m.sample_dtype, m._fast = dt, None  # rebuild the runner in this dtype
+            m.matmul_dtype, m._fast = dt, None  # rebuild the runner in this dtype
             m.sample(init[:1], SamplingParams(1.0, 1.0, 2, ()))
             for name, fn in cases.items():
                 if dt is not None and "one call per" in name:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 if key not in best or sec < best[key][0]:
                     best[key] = (sec, tok)
                 print(f"  {key}: {sec:.2f} s, {tok} tokens", flush=True)
-    m.sample_dtype, m._fast = None, None
+    m.matmul_dtype, m._fast = torch.bfloat16, None
     print(f"\n{len(qs)} questions x 32 initial; targeted unit of {args.groups} groups x 20, "
           f"depths {depths}; best of {args.repeats}")
     print("| case | s | tokens | tok/s | x per-call |\n|---|---:|---:|---:|---:|")

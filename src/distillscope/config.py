@@ -146,7 +146,9 @@ class SamplingConfig(_Strict):
     top_p: Num = Field(1.0, gt=0, le=1)
     max_new_tokens: Int = Field(512, ge=1)
     stop_strings: list[str] = Field(default_factory=list)
-    batch_groups: Int = Field(8, ge=1, description="Sampling groups batched per model call.")
+    batch_groups: Int = Field(8, ge=1, description=(
+        "Sampling groups batched per model call. Targeted rollouts are allocated one call at a "
+        "time from the tree so far, so this also changes which rollouts a run draws."))
 
     @field_validator("temperature", "top_p")
     @classmethod

@@ -31,10 +31,11 @@ def _quickstart(kind: str) -> dict:
             {"name": "self-sum-1c", "mode": "self-sum-1c"},
         ],
         "task": {"name": "quickstart", "ids": list(QUICKSTART_IDS[kind])},
-        "sampling": {"temperature": 1.0, "max_new_tokens": 32, "batch_groups": 8},
+        "sampling": {"temperature": 1.0, "max_new_tokens": 32, "batch_groups": 16},
         "context": {"demo_temperature": 0.7, "max_trials": 16},
-        # two paths of each kind, ten rollouts per chosen child: twice the decision points of
-        # one path each at twenty, for 1.3x the rollout time (benchmarks/RESULTS.md)
+        # two paths of each kind at ten rollouts per chosen child, sixteen children per
+        # sampler call: about twice the decision points of one path each at twenty
+        # ("The quickstart's headline" in benchmarks/RESULTS.md)
         "tree": {"G": 32, "n_correct_paths": 2, "n_incorrect_paths": 2, "top_k": 2, "top_r": 2,
                  "n_min": 10, "n_sig": 8, "window_base": 8, "group_size": 64},
     }
