@@ -321,6 +321,8 @@ def _run(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool
     from distillscope.store import run_lock
 
     _check_out(out)
+    # the new configuration is refused before the lock creates OUT (and OUT/.lock)
+    _check_remote_code([config], trust_remote_code, "the configuration")
     with run_lock(out, wait=wait):
         stored = _stored_config(out) if not force else None
         _check_remote_code([config] + ([stored] if stored else []), trust_remote_code,

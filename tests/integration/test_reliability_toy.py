@@ -104,6 +104,17 @@ def test_mostly_truncated_rollouts_are_reported(small, tmp_path):
     assert "of rollouts stopped at max_new_tokens" in page
 
 
+def test_remote_code_refused_before_anything_is_written(small, tmp_path):
+    out = tmp_path / "new"
+    cfg = yaml.safe_load(Path(small).read_text())
+    cfg["teachers"][0]["model"]["trust_remote_code"] = True
+    path = tmp_path / "remote.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = invoke("run", path, "--out", out)
+    assert res.exit_code == 2 and "--trust-remote-code" in res.output, res.output
+    assert not out.exists()  # no OUT, no OUT/.lock left behind by a refused start
+
+
 def test_a_received_run_cannot_turn_on_remote_code(reference, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
