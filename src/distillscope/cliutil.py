@@ -253,9 +253,15 @@ def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> Non
 
 def _write_report(run_dir: Path, **kw: Any) -> Path:
     from distillscope.report import write_report
+    from distillscope.report.header import incomplete_note
+    from distillscope.store import RunStore
 
     path = write_report(run_dir, **kw)
     console.print(f"report: [bold]{path}[/] (summary.json, tables/, figures/ beside it)")
+    note = incomplete_note(RunStore(run_dir))
+    if note:  # also the report header's first line after the config name
+        console.print(f"warning: {run_dir} is incomplete: {note}", style="yellow", markup=False,
+                      highlight=False)
     return path
 
 

@@ -35,7 +35,7 @@ from distillscope.runtime import (
     question_key,
     teacher_records,
 )
-from distillscope.store import RunStore, StoreError, run_lock
+from distillscope.store import PLAN_FILE, RunStore, StoreError, run_lock
 
 __all__ = ["Runtime", "rollout_counts", "run", "screen_run"]
 
@@ -79,6 +79,8 @@ def _run(config: RunConfig, out: str | Path, *, reporter: Reporter | None,
     check_questions(rt)
     if config.screen.select:
         _select_by_screening(rt, models)
+    # what this run is to analyse, so a report of a stopped run can say how far it got
+    store.write_json(PLAN_FILE, {"qids": [q.qid for q in rt.questions]})
     if no_new_rollouts or enrich:
         missing = [q.qid for q in rt.questions
                    if not store.is_done(f"{question_key(rt, q)}/z-children")]

@@ -59,6 +59,8 @@ from distillscope.storefiles import (  # noqa: F401  (re-exported: the store's p
     to_table,
 )
 
+PLAN_FILE = "plan.json"  # the question ids a run is to analyse, in unit-key order (q#####)
+
 
 # ---------------------------------------------------------------------------------------------
 def _group(unit: str) -> str:

@@ -127,3 +127,38 @@ def test_a_received_run_cannot_turn_on_remote_code(reference, tmp_path):
     assert "--trust-remote-code" in res.output
     res = invoke("score", run, "--teacher", "helpful", "--no-report", "--trust-remote-code")
     assert res.exit_code == 0, res.output
+
+
+def test_a_report_of_a_stopped_run_says_how_far_it_got(reference, tmp_path):
+    from distillscope.store import RunStore
+
+    def report(run):
+        res = invoke("report", run)
+        assert res.exit_code == 0, res.output
+        summary = json.loads((run / "report" / "summary.json").read_text())
+        page = (run / "report" / "report.html").read_text(encoding="utf-8")
+        return " ".join(res.output.split()), summary, page
+
+    whole = tmp_path / "whole"
+    shutil.copytree(reference, whole)
+    out, summary, page = report(whole)
+    assert "incomplete" not in out and "run/incomplete" not in summary
+    # stopped in phase 2 of the second question: its tree is finished, its scores are not
+    scoring = tmp_path / "scoring"
+    shutil.copytree(reference, scoring)
+    RunStore(scoring).uncommit("q00001/c-")
+    out, summary, page = report(scoring)
+    said = "2 of 2 questions have a finished tree, 1 of the 2 with paths are scored"
+    assert f"{scoring} is incomplete: stopped before its end: {said}" in out
+    assert said in summary["run/incomplete"] and said in page
+    # stopped before the second question's tree, on the first invocation (no provenance yet)
+    tree = tmp_path / "tree"
+    shutil.copytree(reference, tree)
+    RunStore(tree).uncommit("q00001/")
+    (tree / "provenance.json").unlink()
+    out, summary, _ = report(tree)
+    assert "1 of 2 questions have a finished tree, 1 of the 1 with paths are scored" in out
+    # a run directory from before plan.json, stopped on its first invocation
+    (tree / "plan.json").unlink()
+    out, summary, _ = report(tree)
+    assert "no invocation of this run has finished" in summary["run/incomplete"]

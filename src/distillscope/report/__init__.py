@@ -29,7 +29,7 @@ from distillscope.report import plots
 from distillscope.report.compare_plots import sr_range_plot
 from distillscope.report.data import Run, load_run, path_views
 from distillscope.report.findings import Finding, headline_findings
-from distillscope.report.header import provenance_items, truncated_rollouts
+from distillscope.report.header import incomplete_note, provenance_items, truncated_rollouts
 from distillscope.report.tree_view import TREE_CSS, path_tree, tree_html
 from distillscope.stakes import check_threshold, high_stakes, per_question_ranking, sr_range_values
 
@@ -228,6 +228,7 @@ def write_report(
 
     run = load_run(run_dir, REPORT_TABLES)
     run.truncated = truncated_rollouts(RunStore(run.run_dir))
+    run.incomplete = incomplete_note(RunStore(run.run_dir))
     min_sr_range = check_threshold(min_sr_range)
     default = "report" if min_sr_range is None else f"report-sr{min_sr_range:g}"
     final = Path(out_dir) if out_dir is not None else run.run_dir / default

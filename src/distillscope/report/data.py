@@ -28,6 +28,7 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     truncated: tuple[int, int] = (0, 0)  # (rollouts, stopped at max_new_tokens)
+    incomplete: str | None = None  # why the tables are not the whole run (header.incomplete_note)
 
     @property
     def nodes(self) -> pd.DataFrame:

@@ -9,8 +9,10 @@ from typing import Any
 import pandas as pd
 
 from distillscope.report.data import Run
+from distillscope.store import PLAN_FILE
 
-__all__ = ["provenance_items", "served_items", "topk_items", "truncated_rollouts"]
+__all__ = ["incomplete_note", "provenance_items", "served_items", "topk_items",
+           "truncated_rollouts"]
 
 
 def _first(*values: Any) -> Any:
@@ -34,6 +36,34 @@ def truncated_rollouts(store: Any) -> tuple[int, int]:
     if not len(ro):
         return 0, 0
     return int(len(ro)), int((ro["finish_reason"] == "length").sum())
+
+
+def incomplete_note(store: Any) -> str | None:
+    """Why the run's tables are not the whole run, or None when nothing says so. From the
+    question list that `run` records at its start (RUN_DIR/plan.json: unit key q##### is the
+    position in it): questions without a finished tree, and questions with representative paths
+    whose scores (phase 2) are missing. A run directory from before plan.json, or one whose
+    first invocation has not finished (no provenance.json), says what it can."""
+    plan = store.read_json(PLAN_FILE).get("qids")
+    done = store.done_units()
+    if not isinstance(plan, list) or not plan:
+        if done and not store.read_json("provenance.json"):
+            return ("no invocation of this run has finished: the tables hold what was committed "
+                    "so far; rerun the command that made it to finish it")
+        return None
+    keys = [f"q{i:05d}" for i in range(len(plan))]
+    trees = [k for k in keys if f"{k}/z-children" in done]
+    q = store.read("questions")
+    n_paths = dict(zip(q["qid"].astype(str), q["n_correct_paths"] + q["n_incorrect_paths"],
+                       strict=True)) if len(q) else {}
+    with_paths = [k for k, qid in zip(keys, plan, strict=True)
+                  if f"{k}/z-children" in done and n_paths.get(str(qid), 0) > 0]
+    scored = [k for k in with_paths if f"{k}/c-rl" in done]
+    if len(trees) == len(keys) and len(scored) == len(with_paths):
+        return None
+    return (f"stopped before its end: {len(trees)} of {len(keys)} questions have a finished "
+            f"tree, {len(scored)} of the {len(with_paths)} with paths are scored; the tables "
+            "hold what was committed so far. Rerun the command that made it to finish it")
 
 
 def _truncated_label(run: Run) -> str:
@@ -111,6 +141,7 @@ def provenance_items(run: Run) -> list[tuple[str, Any]]:
     student = _first(p.get("student"), (c.get("student") or {}).get("model"))
     items = [
         ("config", _first(c.get("name"), p.get("config_name"), p.get("name"), run.run_dir.name)),
+        *([("incomplete", run.incomplete)] if run.incomplete else []),
         ("git commit", str(commit)[:12] if commit else "unknown"),
         ("student", student or "unknown"),
         ("teachers", ", ".join(run.scored_teachers) or "none"),
