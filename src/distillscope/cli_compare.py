@@ -66,5 +66,10 @@ def compare_command(
     summary = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     err_console.print(f"compare: {path} (compare.json, tables/, figures/ beside it)",
                       markup=False, highlight=False)
+    for i in range(int(summary.get("compare/settings") or 0)):
+        if summary.get(f"setting/{i}/incomplete"):
+            err_console.print(f"warning: {summary[f'setting/{i}/run_dir']} is incomplete: "
+                              f"{summary[f'setting/{i}/incomplete']}", style="yellow",
+                              markup=False, highlight=False)
     for line in compare_words(summary, method):
         Console().print(line, markup=False, highlight=False)

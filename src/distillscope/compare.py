@@ -56,6 +56,7 @@ class Setting:
     student: str = "?"
     task: str = "?"
     config: dict = field(default_factory=dict)
+    incomplete: str | None = None  # the run was stopped before its end (header.incomplete_note)
 
 
 def setting_label(config: dict, fallback: str) -> tuple[str, str, str]:
@@ -72,6 +73,8 @@ def load_settings(run_dirs: Sequence[str | Path], labels: Sequence[str] | None =
     """One Setting per run directory; labels from the configs unless given. Runs with the
     same student and task get their directory name appended (then a number)."""
     from distillscope.report.data import load_run
+    from distillscope.report.header import incomplete_note
+    from distillscope.store import RunStore
 
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"{len(labels)} label(s) for {len(run_dirs)} run(s): give one --label "
@@ -83,7 +86,7 @@ def load_settings(run_dirs: Sequence[str | Path], labels: Sequence[str] | None =
         if labels is not None:
             label = str(labels[i])
         out.append(Setting(label, run.run_dir, high_stakes(run.nodes, min_sr_range), student,
-                           task, run.config))
+                           task, run.config, incomplete_note(RunStore(run.run_dir))))
     seen: dict[str, int] = {}
     for s in out:
         seen[s.label] = seen.get(s.label, 0) + 1

@@ -151,6 +151,13 @@ def test_a_report_of_a_stopped_run_says_how_far_it_got(reference, tmp_path):
     said = "2 of 2 questions have a finished tree, 1 of the 2 with paths are scored"
     assert f"{scoring} is incomplete: stopped before its end: {said}" in out
     assert said in summary["run/incomplete"] and said in page
+    res = invoke("compare", whole, scoring, "--out", tmp_path / "cmp")
+    assert res.exit_code == 0, res.output
+    assert f"{scoring} is incomplete: stopped before its end: {said}" in " ".join(
+        res.output.split())
+    cmp = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert "setting/0/incomplete" not in cmp and said in cmp["setting/1/incomplete"]
+    assert "Incomplete run" in (tmp_path / "cmp" / "compare.html").read_text(encoding="utf-8")
     # stopped before the second question's tree, on the first invocation (no provenance yet)
     tree = tmp_path / "tree"
     shutil.copytree(reference, tree)

@@ -165,6 +165,8 @@ def write_compare(
     for i, s in enumerate(settings):
         summary[f"setting/{i}/label"] = s.label
         summary[f"setting/{i}/run_dir"] = str(s.run_dir)
+        if s.incomplete:
+            summary[f"setting/{i}/incomplete"] = s.incomplete
     save("ranking_long", res["ranking"])
     wides = {}
     for m in methods:
@@ -231,6 +233,8 @@ def write_compare(
         findings.append(_finding(test["status"], f"Is there a universal best teacher? ({method})",
                                  test["text"]))
     findings.append(_cvi_finding(cvi, names, method))
+    findings += [Finding(f"Incomplete run: {s.label}", f"{s.run_dir}: {s.incomplete}.", "note")
+                 for s in settings if s.incomplete]
     if min_sr_range is not None:
         findings.append(Finding("High-stakes nodes only", f"Every table here is computed on the "
                                 f"decision points with SR range ≥ {min_sr_range:g}.", "note"))
