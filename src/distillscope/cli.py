@@ -49,6 +49,7 @@ from distillscope.cliutil import (  # noqa: F401  (shared with the commands belo
     _stored_config,
     _teacher_spec,
     _threads,
+    _warn_incomplete,
     _warn_truncated,
     _write_report,
     console,
@@ -296,8 +297,10 @@ def show(
     from distillscope.show import render_path
 
     try:
-        render_path(_check_run_dir(run_dir), question, path, teacher=teacher, console=Console(),
+        run_path = _check_run_dir(run_dir)
+        render_path(run_path, question, path, teacher=teacher, console=Console(),
                     method=method, min_sr_range=min_sr_range, tree=tree)
+        _warn_incomplete(run_path)
     except (KeyError, ValueError) as err:
         _fail(err)
 
@@ -327,6 +330,7 @@ def export_weights(
         path = _export(run_path, teacher, Path(out), method=method, threshold=threshold,
                        fill=fill, min_sr_range=min_sr_range)
         console.print(f"wrote {path}: {_weights_summary(path)}", highlight=False, markup=False)
+        _warn_incomplete(run_path)
     except (KeyError, ValueError) as err:
         _fail(err)
 

@@ -251,17 +251,24 @@ def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> Non
                       style="yellow", markup=False, highlight=False)
 
 
-def _write_report(run_dir: Path, **kw: Any) -> Path:
-    from distillscope.report import write_report
+def _warn_incomplete(run_dir: Path) -> None:
+    """A run stopped before its end: say so wherever its tables are read out (report, show,
+    export-weights; the report also has it in its header and summary.json)."""
     from distillscope.report.header import incomplete_note
     from distillscope.store import RunStore
 
-    path = write_report(run_dir, **kw)
-    console.print(f"report: [bold]{path}[/] (summary.json, tables/, figures/ beside it)")
     note = incomplete_note(RunStore(run_dir))
-    if note:  # also the report header's first line after the config name
+    if note:
         console.print(f"warning: {run_dir} is incomplete: {note}", style="yellow", markup=False,
                       highlight=False)
+
+
+def _write_report(run_dir: Path, **kw: Any) -> Path:
+    from distillscope.report import write_report
+
+    path = write_report(run_dir, **kw)
+    console.print(f"report: [bold]{path}[/] (summary.json, tables/, figures/ beside it)")
+    _warn_incomplete(run_dir)
     return path
 
 

@@ -151,6 +151,15 @@ def test_a_report_of_a_stopped_run_says_how_far_it_got(reference, tmp_path):
     said = "2 of 2 questions have a finished tree, 1 of the 2 with paths are scored"
     assert f"{scoring} is incomplete: stopped before its end: {said}" in out
     assert said in summary["run/incomplete"] and said in page
+    for cmd in (["show", scoring, "--question", "0", "--path", "0"],
+                ["export-weights", scoring, "--teacher", "helpful", "--out",
+                 tmp_path / "w.parquet"]):
+        res = invoke(*cmd)
+        assert res.exit_code == 0, res.output
+        assert f"{scoring} is incomplete: stopped before its end: {said}" in " ".join(
+            res.output.split()), cmd[0]
+    res = invoke("show", whole, "--question", "0", "--path", "0")
+    assert res.exit_code == 0 and "incomplete" not in res.output, res.output
     res = invoke("compare", whole, scoring, "--out", tmp_path / "cmp")
     assert res.exit_code == 0, res.output
     assert f"{scoring} is incomplete: stopped before its end: {said}" in " ".join(
