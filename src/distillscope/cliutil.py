@@ -251,13 +251,15 @@ def _print_ranking(report_html: Path, run_dir: Path, method: str = "gkd") -> Non
                       style="yellow", markup=False, highlight=False)
 
 
-def _warn_incomplete(run_dir: Path) -> None:
+def _warn_incomplete(run_dir: Path, note: Optional[str] = None) -> None:
     """A run stopped before its end: say so wherever its tables are read out (report, show,
-    export-weights; the report also has it in its header and summary.json)."""
-    from distillscope.report.header import incomplete_note
-    from distillscope.store import RunStore
+    export-weights; the report also has it in its header and summary.json). `note`: the
+    report's `run/incomplete`, when it was just computed."""
+    if note is None:
+        from distillscope.report.header import incomplete_note
+        from distillscope.store import RunStore
 
-    note = incomplete_note(RunStore(run_dir))
+        note = incomplete_note(RunStore(run_dir))
     if note:
         console.print(f"warning: {run_dir} is incomplete: {note}", style="yellow", markup=False,
                       highlight=False)
@@ -268,7 +270,8 @@ def _write_report(run_dir: Path, **kw: Any) -> Path:
 
     path = write_report(run_dir, **kw)
     console.print(f"report: [bold]{path}[/] (summary.json, tables/, figures/ beside it)")
-    _warn_incomplete(run_dir)
+    summary = json.loads((path.parent / "summary.json").read_text(encoding="utf-8"))
+    _warn_incomplete(run_dir, summary.get("run/incomplete") or "")
     return path
 
 

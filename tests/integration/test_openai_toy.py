@@ -8,8 +8,6 @@ report header."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from distillscope.pipeline import run
 from distillscope.report.data import load_run
 from distillscope.report.header import provenance_items
 from distillscope.store import RunStore
+from fake_http import JSONServer, logprob_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY = {"seed": 0}
@@ -37,24 +36,8 @@ class ToyServer:
     def __init__(self, model):
         self.model = model
         self.sep = model.vocab.special("<sep>")
-        outer = self
-
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                data = json.dumps(outer.answer(self.path, body)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.http = JSONServer(lambda path, body: (200, self.answer(path, body)))
+        self.httpd, self.url = self.http.httpd, self.http.url
 
     def answer(self, path, body):
         if path == "/tokenize":
@@ -67,13 +50,7 @@ class ToyServer:
         # context positions: the prompt token only (the client reads the response's)
         entries = [None] + [{str(t): {"logprob": 0.0, "rank": 1, "decoded_token": "x"}}
                             for t in ids[1:cut]]
-        for t, lp in zip(resp, rows, strict=True):
-            order = torch.argsort(lp, descending=True).tolist()
-            e = {str(i): {"logprob": float(lp[i]), "rank": r + 1, "decoded_token": "x"}
-                 for r, i in enumerate(order[:k])}
-            e[str(t)] = {"logprob": float(lp[t]), "rank": order.index(t) + 1,
-                         "decoded_token": "x"}
-            entries.append(e)
+        entries += [logprob_entry(lp, t, k) for t, lp in zip(resp, rows, strict=True)]
         return {"choices": [{"index": 0, "text": "", "prompt_logprobs": entries,
                              "prompt_token_ids": ids}]}
 

@@ -5,16 +5,13 @@ max_logprobs."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 import torch
 
 from distillscope.models.base import ModelError
 from distillscope.models.openai import OpenAIModel
 from distillscope.models.topk import REVEALED_KEEP, topk_rows
+from fake_http import JSONServer, logprob_entry
 
 V = 10
 
@@ -28,26 +25,12 @@ class Server:
     def __init__(self, max_logprobs=20, fail_first=0, noise=0.0):
         self.max_logprobs, self.fail_left, self.noise = max_logprobs, fail_first, noise
         self.calls = 0
-        outer = self
+        self.http = JSONServer(self.count_and_answer)
+        self.httpd, self.url = self.http.httpd, self.http.url
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.calls += 1
-                code, out = outer.answer(self.path, body)
-                data = json.dumps(out).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def count_and_answer(self, path, body):
+        self.calls += 1
+        return self.answer(path, body)
 
     def answer(self, path, body):
         if self.fail_left > 0:
@@ -63,12 +46,7 @@ class Server:
         entries = [None]
         for i in range(1, len(ids)):
             lp = full_logp(ids[:i]) + self.noise * self.calls
-            order = torch.argsort(lp, descending=True).tolist()
-            e = {str(t): {"logprob": float(lp[t]), "rank": r + 1, "decoded_token": "x"}
-                 for r, t in enumerate(order[: k or 0])}
-            e[str(ids[i])] = {"logprob": float(lp[ids[i]]), "rank": order.index(ids[i]) + 1,
-                              "decoded_token": "x"}
-            entries.append(e)
+            entries.append(logprob_entry(lp, ids[i], k or 0))
         return 200, {"choices": [{"index": 0, "text": "", "prompt_logprobs": entries,
                                   "prompt_token_ids": ids}]}
 

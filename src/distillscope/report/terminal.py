@@ -169,10 +169,8 @@ def contrast_words(c: dict) -> str | None:
               f"{'excludes' if hi < 0 or lo > 0 else 'includes'} 0")
     line = f"{which}: Δ = correct − incorrect = {fmt(delta)} ({ci}); {sure}."
     if (hi < 0 or lo > 0) and math.isfinite(p) and p < ALPHA:  # both say so: read it out
-        line += (" Reading: the teachers' updates agree with the ideal one more on the "
-                 "student's failed answers than on its correct ones, the paper's main finding."
-                 if delta < 0 else
-                 " Reading: the teachers' updates agree with the ideal one more on the "
-                 "student's correct answers than on its failed ones, the reverse of the "
-                 "paper's main finding.")
+        more, less, whose = (("failed", "correct", "the paper's main finding") if delta < 0
+                             else ("correct", "failed", "the reverse of the paper's main finding"))
+        line += (f" Reading: the teachers' updates agree with the ideal one more on the "
+                 f"student's {more} answers than on its {less} ones, {whose}.")
     return line
