@@ -1,6 +1,8 @@
 """A JSON-over-HTTP server on 127.0.0.1 in a thread, for the fake OpenAI-compatible servers of
 tests/unit/test_openai.py and tests/integration/test_openai_toy.py, and the prompt_logprobs
-entry they both answer with (vLLM 0.32's shape: {"id": {logprob, rank, decoded_token}})."""
+entry they both answer with (vLLM 0.32's shape: {"id": {logprob, rank, decoded_token}}).
+tests/helpers is on pytest's pythonpath (pyproject.toml); tests/ itself is not, because the
+folder tests/vllm would then shadow the vllm package."""
 
 from __future__ import annotations
 
