@@ -118,3 +118,21 @@ def test_compare_two_small_real_runs(tmp_path, smollm):
     assert t["verdict/gkd/status"] in ("universal", "differs", "inconclusive", "insufficient")
     wide = pd.read_csv(tmp_path / "cmp" / "tables" / "ranking_gkd.csv")
     assert set(wide["teacher"]) <= {"self-1c", "careful"}
+
+
+def test_a_label_with_a_slash_cannot_split_a_compare_json_key(toys, tmp_path):
+    labels = ["yes/no", "a~1b"]  # a slash, and a literal "~1" that must not read as a slash
+    page = write_compare([toys["s1"], toys["s2"]], tmp_path / "c", labels=labels, n_boot=100,
+                         n_perm=100)
+    summary = json.loads((page.parent / "compare.json").read_text())
+
+    def unescape(part):
+        return part.replace("~1", "/").replace("~0", "~")
+
+    pairs = [k.split("/") for k in summary if k.startswith("top_pairs/")]
+    assert pairs and all(len(p) == 5 for p in pairs)
+    assert {(unescape(p[2]), unescape(p[3])) for p in pairs} == {("yes/no", "a~1b")}
+    cvi = {unescape(k.split("/")[1]) for k in summary if k.startswith("correct_vs_incorrect/")}
+    assert cvi == {"yes/no", "a~1b", C.POOLED}
+    assert all(len(k.split("/")) == 3 for k in summary if k.startswith("correct_vs_incorrect/"))
+    assert [summary[f"setting/{i}/label"] for i in range(2)] == labels  # values stay as given

@@ -158,6 +158,13 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def key_part(text: str) -> str:
+    """`text` as one segment of a flat slash key: "~" -> "~0", then "/" -> "~1" (JSON
+    Pointer's escaping), so a label such as "yes/no" cannot split a key in two. A consumer
+    splits on "/" and undoes it in the reverse order."""
+    return str(text).replace("~", "~0").replace("/", "~1")
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
     """Nested config -> flat slash keys; a list of named mappings (teachers) is keyed by
     name, any other list is kept as a JSON string."""

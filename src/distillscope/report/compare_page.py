@@ -4,7 +4,8 @@ and test its second finding (docs/method.md#comparing-settings).
 
     write_compare(run_dirs, out) -> OUT/compare.html
 
-OUT/compare.json (flat keys), OUT/tables/*.csv and *.md, OUT/figures/*.png. The page has no
+OUT/compare.json (flat slash keys; a setting label inside a key is escaped by `key_part`,
+"/" as "~1" and "~" as "~0"), OUT/tables/*.csv and *.md, OUT/figures/*.png. The page has no
 script at all (its CSP forbids any); every string from a run (setting labels, teacher names,
 question ids) is escaped by report/html.py's `esc`.
 """
@@ -21,7 +22,13 @@ import pandas as pd
 
 from distillscope import compare as C
 from distillscope.analysis import SPEARMAN_FEATURES, _num
-from distillscope.report import FEATURE_LABELS, METRIC_LABELS, _atomic_write, to_markdown
+from distillscope.report import (
+    FEATURE_LABELS,
+    METRIC_LABELS,
+    _atomic_write,
+    key_part,
+    to_markdown,
+)
 from distillscope.report import compare_plots as P
 from distillscope.report import html as H
 from distillscope.report.findings import Finding, fnum
@@ -193,13 +200,13 @@ def write_compare(
                      ("sr_range", res["sr_range"])):
         save(name, df)
     for r in res["top_pairs"].itertuples():
-        summary[f"top_pairs/{r.method}/{r.setting_a}/{r.setting_b}/p_top_differs"] = \
-            r.p_top_differs
+        summary[f"top_pairs/{r.method}/{key_part(r.setting_a)}/{key_part(r.setting_b)}"
+                "/p_top_differs"] = r.p_top_differs
     cvi_all = res["correct_vs_incorrect"]
     for r in (cvi_all[cvi_all["metric"] == "mean_cosine"].itertuples() if len(cvi_all) else []):
         for k in ("delta", "delta_ci_low", "delta_ci_high", "p_perm", "p_perm_min",
                   "n_questions_mixed"):
-            summary[f"correct_vs_incorrect/{r.setting}/{k}"] = getattr(r, k)
+            summary[f"correct_vs_incorrect/{key_part(r.setting)}/{k}"] = getattr(r, k)
     sp_wide, tops = _spearman_wide(res["spearman"], res["ranking"], method, names)
     save("spearman", sp_wide.rename(columns={
         **{f"all_{i}": f"{s} all" for i, s in enumerate(names)},

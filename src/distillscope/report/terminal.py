@@ -123,10 +123,11 @@ def compare_words(summary: dict, method: str = "gkd") -> list[str]:
     """The closing lines of `compare`, from `compare.json`: the verdict on a universal best,
     then the correct-vs-incorrect contrast pooled over every setting's questions."""
     from distillscope.compare import POOLED
+    from distillscope.report import key_part
 
     verdict = summary.get(f"verdict/{method}/text")
     lines = [str(verdict)] if verdict else []
-    pooled = contrast_words({k: summary.get(f"correct_vs_incorrect/{POOLED}/{k}")
+    pooled = contrast_words({k: summary.get(f"correct_vs_incorrect/{key_part(POOLED)}/{k}")
                              for k in CONTRAST_KEYS})
     if pooled:
         lines.append("Pooled over every setting's questions: " + pooled[0].lower() + pooled[1:])
