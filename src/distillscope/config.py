@@ -100,6 +100,15 @@ class ModelSpec(_Strict):
             raise ValueError(f"unknown device {v!r}: use auto, cpu, cuda, cuda:N or mps")
         return v
 
+    @model_validator(mode="after")
+    def _option_names(self) -> ModelSpec:
+        # names only (models/options.py, no backend imported); the loader checks the values
+        from distillscope.models.options import unknown_options
+
+        if (msg := unknown_options(self.backend, self.options)) is not None:
+            raise ValueError(msg)
+        return self
+
 
 class TeacherSpec(_Strict):
     """One teacher configuration (section 3 of the paper)."""

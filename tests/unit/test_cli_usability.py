@@ -66,6 +66,21 @@ def test_set_through_a_scalar_or_past_a_list_is_named_not_a_traceback(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_switching_the_quickstart_to_vllm_names_the_hf_option_before_anything_is_written(
+        tmp_path):
+    res = invoke("run", ROOT / "configs" / "quickstart.yaml", "--out", tmp_path / "r",
+                 "--set", "student.backend=vllm")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert "\n" not in line and "'student': unknown vllm backend option(s) ['matmul_dtype']" in line
+    assert "an option of the hf backend" in line and "options={}" in line
+    assert not (tmp_path / "r").exists()
+    # a misspelt option of a teacher is refused as early, not after the student's rollouts
+    res = invoke("run", TOY, "--out", tmp_path / "r", "--set", "teachers.0.model.options.tlt=x")
+    assert res.exit_code == 2 and "unknown toy backend option(s) ['tlt']" in res.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_an_empty_config_file_is_an_error_not_the_defaults(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing here\n")

@@ -43,6 +43,36 @@ def test_external_teacher_needs_a_model():
         parse_config({"teachers": [{"name": "x", "mode": "external"}]})
 
 
+def test_model_option_names_are_checked_with_the_config_for_every_model():
+    # a misspelt teacher option is refused when the config is read, not when phase 2 loads it
+    with pytest.raises(ConfigError, match=r"teachers\.0\.model': unknown toy backend option"
+                                          r"\(s\) \['tlt'\]; allowed: .*tilt"):
+        parse_config({"teachers": [{"name": "x", "mode": "external",
+                                    "model": {"backend": "toy", "options": {"tlt": "helpful"}}}]})
+    with pytest.raises(ConfigError, match=r"teachers\.0\.source': unknown hf backend option"):
+        parse_config({"teachers": [{"name": "x", "mode": "self-1c-src",
+                                    "source": {"options": {"dtype": "float32"}}}]})
+    # options left from another backend are named as such
+    with pytest.raises(ConfigError) as err:
+        parse_config({"student": {"backend": "vllm", "options": {"matmul_dtype": "bfloat16"}}})
+    msg = str(err.value)
+    assert "'student': unknown vllm backend option(s) ['matmul_dtype']" in msg
+    assert "an option of the hf backend" in msg and "\n" not in msg
+    # an option of no backend gets no such hint; every backend's real options pass
+    with pytest.raises(ConfigError) as err:
+        parse_config({"student": {"options": {"bogus": 1}}})
+    assert "an option of" not in str(err.value)
+    parse_config({"student": {"backend": "vllm", "options": {"kv_cache_gib": 1,
+                                                             "max_num_seqs": 8}}})
+
+
+def test_the_light_toy_option_list_is_the_loaders():
+    from distillscope.models import toy
+    from distillscope.models.options import TOY
+
+    assert set(TOY) == toy._MODEL_KEYS | set(toy.WorldParams.__dataclass_fields__)
+
+
 def test_duplicate_teacher_names_refused():
     with pytest.raises(ConfigError, match="unique"):
         parse_config({"teachers": [{"name": "a"}, {"name": "a"}]})

@@ -146,5 +146,7 @@ def test_registry_and_options():
 
     with pytest.raises(ModelError, match="base_url"):
         load_model(ModelSpec(backend="openai", options={}))
+    with pytest.raises(ValueError, match="unknown openai backend option"):
+        ModelSpec(backend="openai", options={"bogus": 1})
     with pytest.raises(ModelError, match="unknown openai backend option"):
-        load_model(ModelSpec(backend="openai", options={"bogus": 1}))
+        load_model(ModelSpec(backend="openai").model_copy(update={"options": {"bogus": 1}}))

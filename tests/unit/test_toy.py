@@ -44,8 +44,10 @@ def test_protocol_and_registry():
     check_same_tokenizer(student, m, "helpful")  # same vocabulary: no error
     other = load_model(ModelSpec(backend="toy", options={"vocab": 6}))
     assert other.tokenizer_fingerprint() != m.tokenizer_fingerprint()
-    with pytest.raises(ModelError, match="unknown toy option"):
-        load_model(ModelSpec(backend="toy", options={"tlit": "helpful"}))
+    with pytest.raises(ValueError, match="unknown toy backend option"):  # with the config
+        ModelSpec(backend="toy", options={"tlit": "helpful"})
+    with pytest.raises(ModelError, match="unknown toy backend option"):  # a spec built unchecked
+        load_model(ModelSpec(backend="toy").model_copy(update={"options": {"tlit": "helpful"}}))
     with pytest.raises(ModelError, match="tilt"):
         load_model(ModelSpec(backend="toy", options={"tilt": "sideways"}))
 

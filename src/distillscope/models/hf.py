@@ -27,6 +27,7 @@ import torch
 from distillscope.models.base import ModelError
 from distillscope.models.chat import ChatTokenizerMixin, default_eos
 from distillscope.models.decode import DecodeRunner, draw_tokens, group_uniforms
+from distillscope.models.options import OPTIONS_BY_BACKEND, unknown_options
 from distillscope.models.prefix_cache import BlockCache, ByteLRU, tensor_bytes
 from distillscope.models.sampler import GroupSampler
 
@@ -42,20 +43,7 @@ __all__ = [
     "load_hf_text",
 ]
 
-OPTIONS: dict[str, str] = {
-    "cache_dir": "folder for the embedded model's converted weights (~/.cache/distillscope)",
-    "max_context": "longest context + response in tokens (default: the model config's)",
-    "max_batch_samples": "most samples decoded together (default: 256 on CPU, by memory on CUDA)",
-    "cascade": "shared-prefix attention (default true); false = a prefix KV copy per sample",
-    "cuda_graphs": "capture the decode step as CUDA graphs (default true on CUDA)",
-    "runner": "auto | fast | generic (fast = our Llama-family decode loop)",
-    "matmul_dtype": "dtype of the weight matrix products, in sampling and in scoring alike "
-    "(default: the model's; bfloat16 = weight copies, norms/attention/softmax in the model's "
-    "dtype; needs the fast runner)",
-    "attention": "decode attention of the fast runner: torch (default) | triton (the fused "
-    "cascade kernel of models/triton_attention.py; needs triton)",
-    "attn_implementation": "transformers attention of scoring and generic-runner forwards (sdpa)",
-}
+OPTIONS = OPTIONS_BY_BACKEND["hf"]  # the names are checked with the configuration
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -81,11 +69,8 @@ def _source(spec: ModelSpec) -> tuple[dict[str, Any], str]:
     from distillscope.models.embedded import is_embedded, resolve_embedded
 
     opts = dict(spec.options)
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise ModelError(
-            f"unknown hf backend option(s) {unknown}; allowed: {', '.join(sorted(OPTIONS))}"
-        )
+    if (msg := unknown_options("hf", opts)) is not None:
+        raise ModelError(msg)
     source = spec.model
     if is_embedded(spec.model):
         source = str(resolve_embedded(spec.model, opts.get("cache_dir")))

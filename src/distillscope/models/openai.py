@@ -35,22 +35,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from distillscope.models.base import ModelError
+from distillscope.models.options import OPTIONS_BY_BACKEND, unknown_options
 from distillscope.models.topk import RevealedCache, fill_rows
 
 if TYPE_CHECKING:
     from distillscope.config import ModelSpec
 
-OPTIONS: dict[str, str] = {
-    "base_url": "server root, e.g. http://127.0.0.1:8000 (required)",
-    "served_model": "the model name the server knows (default: the spec's model)",
-    "topk": "prompt_logprobs k (default 20, vLLM's default --max-logprobs)",
-    "timeout": "seconds per HTTP request (default 120)",
-    "retries": "retries of a failed request (connection errors, 429, 5xx; default 3)",
-    "backoff": "first retry delay in seconds, doubled each retry (default 0.5)",
-    "self_test": "check tokenizer and determinism at start-up (default true)",
-    "replica_tol": "largest |Δ log-probability| two identical requests may differ by (1e-4)",
-    "cache_dir": "hf option for the local tokenizer of the embedded model",
-}
+OPTIONS = OPTIONS_BY_BACKEND["openai"]  # the names are checked with the configuration
 
 PROBE = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
 
@@ -227,10 +218,8 @@ class OpenAIModel:
 
 def load_openai_model(spec: ModelSpec) -> OpenAIModel:
     opts = dict(spec.options)
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise ModelError(f"unknown openai backend option(s) {unknown}; allowed: "
-                         f"{', '.join(sorted(OPTIONS))}")
+    if (msg := unknown_options("openai", opts)) is not None:
+        raise ModelError(msg)
     if not opts.get("base_url"):
         raise ModelError("the openai backend needs options.base_url (e.g. http://127.0.0.1:8000)")
     from distillscope.models.hf import load_hf_text

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from distillscope.models.base import ModelError
+from distillscope.models.options import unknown_options
 from distillscope.models.toy_world import (
     MASKED,
     TILTS,
@@ -334,10 +335,8 @@ def load_toy_model(spec: ModelSpec) -> ToyModel:
     """Options (spec.options): world keys of `WorldParams` (seed, n_states, vocab, synonyms,
     commit, max_len) and tilt, strength, demo_strength, form, noise, max_context."""
     opts = dict(spec.options)
-    unknown = set(opts) - _MODEL_KEYS - set(WorldParams.__dataclass_fields__)
-    if unknown:
-        allowed = sorted(_MODEL_KEYS | set(WorldParams.__dataclass_fields__))
-        raise ModelError(f"unknown toy option(s) {sorted(unknown)}; allowed: {allowed}")
+    if (msg := unknown_options("toy", opts)) is not None:
+        raise ModelError(msg)
     _check_option_types(opts, "toy model")
     try:
         params = WorldParams.from_options(opts)

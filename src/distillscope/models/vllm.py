@@ -67,6 +67,7 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from distillscope.models.base import ModelError
+from distillscope.models.options import OPTIONS_BY_BACKEND, unknown_options
 from distillscope.models.vllm_model import (  # noqa: F401  (re-exported)
     GREEDY_BELOW,
     VLLMModel,
@@ -97,22 +98,7 @@ INSTALL_HINT = (
     "(CPU build: make venv-vllm)"
 )
 
-OPTIONS: dict[str, str] = {
-    "cache_dir": "folder for the embedded model's converted weights (~/.cache/distillscope)",
-    "max_context": "longest context + response in tokens (vLLM's max_model_len; default: the "
-    "model config's)",
-    "gpu_memory_utilization": "CUDA: share of GPU memory vLLM reserves (default 0.85); not "
-    "used on CPU",
-    "kv_cache_gib": "KV cache size in GiB (default on CPU: 4 full-context sequences, at most "
-    "4 GiB and a quarter of the free memory; on CUDA: by gpu_memory_utilization)",
-    "tensor_parallel_size": "GPUs (or CPU ranks) per engine (default 1)",
-    "enforce_eager": "no torch.compile / CUDA graphs (default: true on CPU, false on CUDA)",
-    "max_num_batched_tokens": "tokens per engine step (default on CPU: max_context, with "
-    "chunked prefill off)",
-    "max_num_seqs": "most sequences decoded together (vLLM's default)",
-    "omp_threads_bind": "CPU: VLLM_CPU_OMP_THREADS_BIND for the engine, e.g. '0-1' or "
-    "'nobind' (default: the environment's, else every core this process may use)",
-}
+OPTIONS = OPTIONS_BY_BACKEND["vllm"]  # the names are checked with the configuration
 
 
 # 0.6.4-0.6.6 gave the n samples of a seeded request one seed, hence n equal samples
@@ -247,11 +233,8 @@ def engine_arguments(
     """(keywords of `vllm.LLM`, environment variables to set while the engine starts; None =
     unset) for `spec` on a vLLM build for `device` ("cpu" or "cuda")."""
     opts = dict(spec.options)
-    unknown = sorted(set(opts) - set(OPTIONS))
-    if unknown:
-        raise ModelError(
-            f"unknown vllm backend option(s) {unknown}; allowed: {', '.join(OPTIONS)}"
-        )
+    if (msg := unknown_options("vllm", opts)) is not None:
+        raise ModelError(msg)
     cpu = device == "cpu"
     if spec.device != "auto" and spec.device.split(":")[0] != device:
         raise ModelError(
