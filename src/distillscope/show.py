@@ -99,8 +99,9 @@ def decision_table(view: PathView, teacher: str, method: str) -> Table:
 
 def default_teacher(run_dir: str | Path, method: str = "gkd",
                     min_sr_range: float | None = None) -> str:
-    """The teacher with the highest mean alignment of `method` over the run (over the nodes
-    with SR range >= `min_sr_range` when given)."""
+    """The report's top teacher: the highest question-weighted mean alignment of `method`
+    (per question the mean over its decision points, then the mean over questions; ties to
+    the first name), over the nodes with SR range >= `min_sr_range` when given."""
     run = load_run(run_dir, ("nodes",))
     df, _ = decision_points(high_stakes(run.nodes, min_sr_range), method)
     df = df[df["teacher"].isin(run.teachers)]
@@ -108,8 +109,8 @@ def default_teacher(run_dir: str | Path, method: str = "gkd",
         if not run.scored_teachers:
             raise ValueError(f"{run_dir}: no teacher has been scored")
         return run.scored_teachers[0]  # scored, but without a decision point
-    means = df.groupby("teacher")["align"].mean().sort_index()
-    return str(means.idxmax())
+    means = df.groupby(["teacher", "qid"])["align"].mean().groupby("teacher").mean()
+    return str(means.sort_index().idxmax())
 
 
 def resolve_question(run: Run, qid: str | int) -> str:
@@ -142,8 +143,8 @@ def render_path(
     tree: bool = False,
 ) -> None:
     """Print path `path_id` of question `qid` (an id, or a 0-based index into the run's
-    questions), coloured by the alignment of `teacher` (default: the teacher with the best
-    mean alignment) under `method`. With `min_sr_range`, only decision points with SR range
+    questions), coloured by the alignment of `teacher` (default: the report's top teacher,
+    `default_teacher`) under `method`. With `min_sr_range`, only decision points with SR range
     >= it count as such (the others are shown as plain tokens). `tree`: the path's generation
     tree (every node's children) instead of the decision-point table."""
     run = load_run(run_dir, ("questions", "paths", "children", "distributions", "nodes"))

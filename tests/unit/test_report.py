@@ -199,6 +199,38 @@ def test_show_errors_name_the_choices(run_dir):
     assert default_teacher(run_dir) == "self-1c"
 
 
+def test_show_defaults_to_the_report_s_top_teacher_not_the_node_pooled_one(run_dir, tmp_path):
+    """A question with many decision points must not outvote the others: show's default
+    teacher is the report's rank 1 (question-weighted mean)."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distillscope.analysis import decision_points, teacher_ranking
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    part = run / "tables" / "nodes" / "part-0.parquet"
+    table = pq.read_table(part)
+    nodes = table.to_pandas()
+    dp, _ = decision_points(nodes, "gkd")
+    busiest = dp[dp["teacher"] == "self-1c"]["qid"].value_counts().idxmax()
+    gkd = nodes["method"] == "gkd"
+    # self-1c: +1 on the busiest question, -1 elsewhere; qwen3-8b: between its two means
+    nodes.loc[gkd & (nodes["teacher"] == "self-1c"), "align"] = np.where(
+        nodes.loc[gkd & (nodes["teacher"] == "self-1c"), "qid"] == busiest, 1.0, -1.0)
+    d = decision_points(nodes, "gkd")[0].query("teacher == 'self-1c'")
+    pooled, weighted = d["align"].mean(), d.groupby("qid")["align"].mean().mean()
+    assert pooled > weighted  # the precondition: the two orders differ
+    nodes.loc[gkd & (nodes["teacher"] == "qwen3-8b"), "align"] = (pooled + weighted) / 2
+    pq.write_table(pa.Table.from_pandas(nodes, schema=table.schema, preserve_index=False), part)
+    ranking = teacher_ranking(decision_points(nodes, None)[0], "gkd", n_boot=10)
+    assert ranking.iloc[0]["teacher"] == "qwen3-8b"
+    assert ranking.set_index("teacher")["mean_nodes"].idxmax() == "self-1c"
+    assert default_teacher(run) == "qwen3-8b"
+
+
 def test_ranking_plot_survives_a_mean_outside_its_percentile_interval():
     """A percentile bootstrap interval can exclude its point estimate (two skewed questions):
     the figure draws it instead of failing the whole report ('xerr' must not be negative)."""
