@@ -73,6 +73,10 @@ def _run(config: RunConfig, out: str | Path, *, reporter: Reporter | None,
     else:
         config_run = config
     rt = load_runtime(config_run, store, reporter, models)
+    if kept := store.kept_teachers:
+        rt.reporter.log(f"note: teacher(s) {', '.join(kept)} of {store.dir} are not in this "
+                        "configuration but stay in the run (its teachers are only ever added; "
+                        "their scores are kept and reported)")
     for line in store.damage_report():
         rt.reporter.log(f"warning: {line}: it will be recomputed")
     store.provenance_meta = {"distillscope.config_fingerprint": config.fingerprint()}

@@ -78,6 +78,7 @@ class RunStore:
         self._seq = 0
         self.damaged: dict[str, str] = {}  # unit -> why it no longer counts as committed
         self.provenance_meta: dict[str, str] = {}
+        self.kept_teachers: list[str] = []  # open_for: stored teachers the new config left out
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -135,16 +136,24 @@ class RunStore:
                     f"{stored.fingerprint()} vs {config.fingerprint()}); refusing to mix results. "
                     f"Use another --out, or --force to overwrite the configuration."
                 )
-            if not (force or fresh):
-                known = {t.name: t for t in stored.teachers}
+            known = {t.name: t for t in stored.teachers}
+            if not fresh:
+                # its scores (and own top tokens' rollouts) are stored under its name: --force
+                # would relabel them with the new definition, so it is refused too
                 for t in config.teachers:
                     if t.name in known and known[t.name] != t:
                         raise StoreError(
-                            f"teacher '{t.name}' in {self.dir} was defined differently; "
-                            f"rename it or use --force"
+                            f"teacher '{t.name}' in {self.dir} was defined differently; its "
+                            f"stored scores are the old definition's, so give the new one "
+                            f"another name (distillscope score {self.dir} --teacher NEW ...)"
                         )
+            if not fresh:
+                # a run's teachers are only ever added: the stored ones stay, in their order
                 extra = [t for t in config.teachers if t.name not in known]
-                config = stored.model_copy(update={"teachers": [*stored.teachers, *extra]})
+                asked = {t.name for t in config.teachers}
+                self.kept_teachers = [t.name for t in stored.teachers if t.name not in asked]
+                config = (config if force else stored).model_copy(
+                    update={"teachers": [*stored.teachers, *extra]})
             remove_stale_temp_files(self.temp_folders())
         self.save_config(config)
         return config

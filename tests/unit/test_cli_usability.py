@@ -252,6 +252,37 @@ def test_a_resumed_run_adds_its_time_and_counts_its_invocations(toy_run):
         assert prov[k] > first.prov[k] > 0  # the resumed invocation's time is added
 
 
+def test_force_cannot_relabel_a_redefined_teacher_s_stored_scores(toy_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(toy_run[0], tmp_path / "run")
+    before = (run / "config.yaml").read_bytes()
+    cfg = load_config(run / "config.yaml")
+    t = cfg.teachers[0]
+    harmful = t.model_copy(update={"model": t.model.model_copy(
+        update={"options": {**t.model.options, "tilt": "harmful"}})})
+    (tmp_path / "c.yaml").write_text(cfg.model_copy(update={"teachers": [harmful]}).to_yaml())
+    for extra in ([], ["--force"]):
+        res = invoke("run", tmp_path / "c.yaml", "--out", run, *extra)
+        assert res.exit_code == 2, res.output
+        assert "teacher 'helpful'" in res.output and "defined differently" in res.output
+        assert "another name" in res.output
+    assert (run / "config.yaml").read_bytes() == before  # still the old definition
+
+
+def test_a_teacher_left_out_of_a_resumed_config_is_kept_and_said(toy_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(toy_run[0], tmp_path / "run")
+    cfg = load_config(TOY, {"task.options.n_questions": 2, "tree.G": 60})
+    cfg = cfg.model_copy(update={"teachers": [t for t in cfg.teachers if t.name == "harmful"]})
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    res = invoke("run", tmp_path / "c.yaml", "--out", run, "--no-report")
+    assert res.exit_code == 0, res.output
+    assert "teacher(s) helpful of" in " ".join(res.output.split())
+    assert [t.name for t in load_config(run / "config.yaml").teachers] == ["helpful", "harmful"]
+
+
 def test_work_found_done_leaves_the_rate_and_the_total():
     """A resumed phase shows how much was done before; its rate and ETA are about new work."""
     buf = io.StringIO()
