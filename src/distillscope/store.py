@@ -238,6 +238,21 @@ class RunStore:
             self._done = done
         return self._done
 
+    def uncommitted_units(self) -> list[str]:
+        """Units of a question (key q#####/...) with a part on disk but no commit marker, and
+        not damaged: work an invocation began and did not commit (it stopped there), or a unit
+        whose marker was removed. Readers leave them out; a resume redoes them."""
+        done = self.done_units()
+        found: set[str] = set()
+        for name in SCHEMAS:
+            tdir = self.tables_dir / name
+            if tdir.is_dir():
+                for p in tdir.glob("q[0-9][0-9][0-9][0-9][0-9]__*.parquet"):
+                    unit = p.name[: -len(".parquet")].replace("__", "/")
+                    if unit not in done and unit not in self.damaged:
+                        found.add(unit)
+        return sorted(found)
+
     def damage_report(self) -> list[str]:
         """One line per unit that no longer counts as committed because its files changed."""
         self.done_units()

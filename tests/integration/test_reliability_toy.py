@@ -178,3 +178,24 @@ def test_a_report_of_a_stopped_run_says_how_far_it_got(reference, tmp_path):
     (tree / "plan.json").unlink()
     out, summary, _ = report(tree)
     assert "no invocation of this run has finished" in summary["run/incomplete"]
+
+
+def test_a_unit_without_its_marker_is_named_not_left_out_silently(small, reference, tmp_path):
+    """A deleted commit marker (or an invocation stopped between a unit's parts and its
+    marker) leaves parts that every reader ignores: the ranking would rest on fewer questions
+    for one teacher. The report and the commands that read the tables say so."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "units" / "q00001__c-score-helpful.done").unlink()
+    said = "1 unit(s) have tables on disk but no commit marker (q00001/c-score-helpful)"
+    res = invoke("report", run)
+    assert res.exit_code == 0, res.output
+    assert f"{run} is incomplete: {said}" in " ".join(res.output.split())
+    summary = json.loads((run / "report" / "summary.json").read_text())
+    assert said in summary["run/incomplete"]
+    res = invoke("export-weights", run, "--teacher", "helpful", "--out", tmp_path / "w.parquet")
+    assert res.exit_code == 0 and said in " ".join(res.output.split()), res.output
+    # a resume redoes that unit alone, and the note is gone
+    res = invoke("run", small, "--out", run)
+    assert res.exit_code == 0 and "computed 1 new; 0 new rollouts" in res.output, res.output
+    assert "incomplete" not in res.output
