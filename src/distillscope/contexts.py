@@ -223,10 +223,21 @@ class DemoBank:
         self._demos: dict[tuple[str, str], dict[int, Demo]] = {}
         self._summaries: dict[tuple[str, str, int], tuple[str, int]] = {}
         if self.path.exists():
+            import pyarrow as pa
             import pyarrow.parquet as pq
 
-            for row in pq.read_table(self.path).to_pylist():
-                self._add_row(row)
+            from distillscope.store import StoreError
+
+            try:
+                rows = pq.read_table(self.path).to_pylist()
+                for row in rows:
+                    self._add_row(row)
+            except (pa.ArrowException, OSError, KeyError, TypeError, ValueError) as err:
+                first = str(err).splitlines()[0] if str(err) else ""
+                raise StoreError(
+                    f"{self.path} cannot be read ({type(err).__name__}: {first}): it holds the "
+                    "self-* teachers' demonstrations the stored scores were made with; restore "
+                    "it, or use a new --out") from None
 
     # -- reading ------------------------------------------------------------------------------
     def _add_row(self, row: dict) -> None:

@@ -199,3 +199,17 @@ def test_a_unit_without_its_marker_is_named_not_left_out_silently(small, referen
     res = invoke("run", small, "--out", run)
     assert res.exit_code == 0 and "computed 1 new; 0 new rollouts" in res.output, res.output
     assert "incomplete" not in res.output
+
+
+def test_a_damaged_demonstrations_file_is_one_line_not_a_traceback(small, reference, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    with open(run / "demos.parquet", "r+b") as f:
+        f.truncate(50)
+    for cmd in (["run", small, "--out", run],
+                ["score", run, "--teacher", "self-3c", "--mode", "self-3c"]):
+        res = invoke(*cmd)
+        assert res.exit_code == 2, res.output
+        last = res.output.strip().splitlines()[-1]
+        assert last.startswith("error: ") and f"{run / 'demos.parquet'} cannot be read" in last
+        assert "Traceback" not in res.output
