@@ -213,3 +213,21 @@ def test_a_damaged_demonstrations_file_is_one_line_not_a_traceback(small, refere
         last = res.output.strip().splitlines()[-1]
         assert last.startswith("error: ") and f"{run / 'demos.parquet'} cannot be read" in last
         assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("plan", ["garbage{{", "[1, 2]"])
+def test_a_damaged_plan_is_a_warning_before_any_output_not_an_error_after_it(reference,
+                                                                              tmp_path, plan):
+    """plan.json only says how far a run got: the tables are verified by their markers, so
+    the readers still work, and say that completeness cannot be told, never writing their
+    output and then failing."""
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    (run / "plan.json").write_text(plan)
+    for cmd in (["report", run], ["show", run, "--question", "0", "--path", "0"],
+                ["export-weights", run, "--teacher", "helpful", "--out", tmp_path / "w.jsonl"]):
+        res = invoke(*cmd)
+        assert res.exit_code == 0, res.output
+        out = " ".join(res.output.split())
+        assert f"{run} is incomplete: perhaps: its question list cannot be read" in out, cmd[0]
+        assert str(run / "plan.json") in out

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from distillscope.report.data import Run
-from distillscope.store import PLAN_FILE
+from distillscope.store import PLAN_FILE, StoreError
 
 __all__ = ["incomplete_note", "provenance_items", "served_items", "topk_items",
            "truncated_rollouts"]
@@ -45,7 +45,11 @@ def incomplete_note(store: Any) -> str | None:
     whose scores (phase 2) are missing; first of all, units begun but not committed (parts
     without a marker: `RunStore.uncommitted_units`). A run directory from before plan.json, or
     one whose first invocation has not finished (no provenance.json), says what it can."""
-    plan = store.read_json(PLAN_FILE).get("qids")
+    try:
+        plan = store.read_json(PLAN_FILE).get("qids")
+    except StoreError as err:  # the tables are still sound (markers); only the count is lost
+        return (f"perhaps: its question list cannot be read, so a stopped run cannot be told "
+                f"from a finished one ({err})")
     done = store.done_units()
     if open_units := store.uncommitted_units():
         shown = ", ".join(open_units[:3]) + (", ..." if len(open_units) > 3 else "")
