@@ -309,18 +309,24 @@ def show(
 @_command
 def export_weights(
     run_dir: str = RUN_DIR_ARG,
-    teacher: str = typer.Option(..., help="Teacher whose alignment sets the weights."),
+    teacher: str = typer.Option(..., help="Teacher whose alignment sets the weights (any of "
+                                "the run's teachers with --method drgrpo, which uses none)."),
     out: str = typer.Option(..., "--out", "-o", help="FILE.parquet or FILE.jsonl (one row per "
-                            "token of every representative path)."),
+                            "token of every representative path). An existing FILE is "
+                            "replaced only if it is an earlier export (or empty)."),
     method: str = typer.Option("gkd", help=f"Gradient compared with the ideal: {METHODS}."),
-    threshold: float = typer.Option(0.0, help="Weight 0 where alignment <= threshold, 1 above."),
-    fill: float = typer.Option(1.0, help="Weight where alignment is unknown (not a decision "
-                               "point, or undefined)."),
+    threshold: float = typer.Option(0.0, help="In [-1, 1]: weight 0 where alignment (a "
+                                    "cosine) <= threshold, 1 above."),
+    fill: float = typer.Option(1.0, help="In [0, 1]: weight where alignment is unknown (not a "
+                               "decision point, or undefined)."),
     min_sr_range: Optional[float] = MIN_SR_OPT,
 ) -> None:
     """Per-token alignment and a suggested distillation weight, for a trainer.
 
-    Columns: qid, path_id, depth, token_id, token, correct, is_decision, align, weight."""
+    Columns: qid, path_id, depth, token_id, token, correct, is_decision, align, weight.
+    Dr. GRPO (--method drgrpo) uses no teacher: its weights are the same for every --teacher
+    (a teacher-free baseline), and the command says so."""
+    from distillscope.export import TEACHER_FREE
     from distillscope.export import export_weights as _export
 
     try:
@@ -330,6 +336,10 @@ def export_weights(
         path = _export(run_path, teacher, Path(out), method=method, threshold=threshold,
                        fill=fill, min_sr_range=min_sr_range)
         console.print(f"wrote {path}: {_weights_summary(path)}", highlight=False, markup=False)
+        if method in TEACHER_FREE:
+            console.print(f"note: --method {method} uses no teacher: these weights are the "
+                          "same for every --teacher", highlight=False, markup=False,
+                          soft_wrap=True)
         _warn_incomplete(run_path)
     except (KeyError, ValueError) as err:
         _fail(err)

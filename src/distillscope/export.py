@@ -12,8 +12,16 @@ decision point) and a suggested loss weight for distilling from `teacher` with `
 fill = 0.0 distils only where alignment is known to be positive (the oracle of appendix E.3).
 `min_sr_range` keeps only high-stakes decision points (SR range >= it); the others count as
 unknown and get `fill`.
+`threshold` must lie in [-1, 1] (align is a cosine) and `fill` in [0, 1] (a weight).
+
+Dr. GRPO (`method="drgrpo"`) uses no teacher: its weights are the same whatever `teacher`
+names, and the Parquet metadata records its teacher as "".
+
 The format follows the suffix of `out_path`: .parquet (or .pq) or .jsonl. The file is written
-atomically (temp file, fsync, rename).
+atomically (temp file, fsync, rename), after every check, so an error leaves no partial file. An
+existing `out_path` is replaced only if it is an earlier export (`is_export`: the Parquet
+marker `distillscope.export`, or this module's columns / JSONL keys, which earlier versions
+wrote too) or empty; anything else (a user's file, a directory, a symbolic link) is refused.
 """
 
 from __future__ import annotations
@@ -37,6 +45,70 @@ SCHEMA = pa.schema([
     ("token_id", pa.int32()), ("token", pa.string()), ("correct", pa.bool_()),
     ("is_decision", pa.bool_()), ("align", pa.float64()), ("weight", pa.float64()),
 ])
+COLUMNS = SCHEMA.names
+MARKER = "distillscope.export"  # Parquet schema-metadata key: this file is an export
+TEACHER_FREE = ("drgrpo",)  # methods whose alignment does not depend on the teacher
+_MAX_LINE = 1 << 20  # the first JSONL line read by is_export (a row is far shorter)
+
+
+def check_options(threshold: float, fill: float) -> tuple[float, float]:
+    """`threshold` in [-1, 1] and `fill` in [0, 1], as floats; ValueError naming the option."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        t = math.nan
+    if not (math.isfinite(t) and -1.0 <= t <= 1.0):
+        raise ValueError(f"--threshold {threshold}: give a number in [-1, 1] (the alignment "
+                         "is a cosine; tokens above the threshold get weight 1)")
+    try:
+        f = float(fill)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (math.isfinite(f) and 0.0 <= f <= 1.0):
+        raise ValueError(f"--fill {fill}: give a weight in [0, 1] (the weight of tokens whose "
+                         "alignment is unknown)")
+    return t, f
+
+
+def is_export(path: Path) -> bool:
+    """Whether the file `path` is an earlier export (of this or an earlier version): Parquet
+    with the MARKER metadata key or exactly COLUMNS, or JSONL whose first line is an object
+    with exactly these keys. An empty file counts (the JSONL export of a run with no
+    representative path is empty): overwriting it loses nothing."""
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+            if not head:
+                return True
+            if head == b"PAR1":
+                schema = pq.read_schema(path)
+                return MARKER.encode() in (schema.metadata or {}) or schema.names == COLUMNS
+            fh.seek(0)
+            row = json.loads(fh.readline(_MAX_LINE))
+        return isinstance(row, dict) and sorted(row) == sorted(COLUMNS)
+    except (OSError, ValueError, pa.ArrowException):
+        return False
+
+
+def check_out(out: Path) -> None:
+    """Refuse an `out` that cannot be written, or whose file is not an earlier export."""
+    if out.is_symlink():
+        raise ValueError(f"--out {out} is a symbolic link; give the path of the file itself")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give FILE.parquet or FILE.jsonl")
+    if out.exists():
+        if not out.is_file():
+            raise ValueError(f"--out {out} exists and is not a regular file; give a new "
+                             "FILE.parquet or FILE.jsonl")
+        if not is_export(out):
+            raise ValueError(f"--out {out} exists and is not an export of distillscope "
+                             "export-weights; refusing to overwrite it (give a new file name, "
+                             "or move it away)")
+    for folder in out.parents:  # the nearest existing folder above it must be a directory
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                raise ValueError(f"--out {out}: {folder} is not a directory")
+            break
 
 
 def suggested_weight(align: np.ndarray, threshold: float = 0.0, fill: float = 1.0) -> np.ndarray:
@@ -52,6 +124,7 @@ def weights_frame(run_dir: str | Path, teacher: str, method: str = "gkd",
     """The export as a DataFrame (rows in qid, path_id, depth order). With `min_sr_range`,
     a decision point whose SR range is below it counts as no decision point (align NaN,
     weight `fill`)."""
+    threshold, fill = check_options(threshold, fill)
     run = load_run(run_dir, ("paths", "nodes"))
     if teacher not in run.teachers:
         raise ValueError(f"unknown teacher {teacher!r}; this run has: "
@@ -93,11 +166,14 @@ def export_weights(
     min_sr_range: float | None = None,
 ) -> Path:
     """Write the per-token weights of `teacher` (see the module docstring) to `out_path`
-    (.parquet/.pq or .jsonl) atomically and return the path."""
+    (.parquet/.pq or .jsonl) atomically and return the path. `out_path`, `threshold` and
+    `fill` are checked before the run is read; ValueError names the bad argument."""
     out = Path(out_path)
     suffix = out.suffix.lower()
     if suffix not in (".parquet", ".pq", ".jsonl"):
         raise ValueError(f"{out}: unknown format {suffix or '(none)'}; use .parquet or .jsonl")
+    threshold, fill = check_options(threshold, fill)
+    check_out(out)
     df = weights_frame(run_dir, teacher, method, threshold, fill, min_sr_range)
     if suffix == ".jsonl":
         lines = []
@@ -110,12 +186,17 @@ def export_weights(
     else:
         table = pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)
         table = table.replace_schema_metadata({
-            "distillscope.teacher": teacher, "distillscope.method": method,
+            MARKER: "weights",
+            "distillscope.teacher": "" if method in TEACHER_FREE else teacher,
+            "distillscope.method": method,
             "distillscope.threshold": repr(float(threshold)), "distillscope.fill": repr(fill),
             "distillscope.min_sr_range": repr(min_sr_range),
         })
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         data = sink.getvalue().to_pybytes()
-    atomic_write_bytes(out, data)
+    try:
+        atomic_write_bytes(out, data)
+    except OSError as err:  # permission, disk full, a race with the checks above
+        raise ValueError(f"--out {out}: cannot write it ({err.strerror or err})") from None
     return out
