@@ -173,7 +173,10 @@ def render_path(
     head.append(f"question {visible(str(qid))} · path {path_id} · ", style="bold")
     head.append("correct" if view.correct else "incorrect",
                 style="bold green" if view.correct else "bold magenta")
-    head.append(f" · teacher {visible(teacher)} · {method} · {len(view.tokens)} tokens, "
+    from distillscope.export import TEACHER_FREE
+
+    who = "no teacher" if method in TEACHER_FREE else f"teacher {visible(teacher)}"
+    head.append(f" · {who} · {method} · {len(view.tokens)} tokens, "
                 f"{len(view.nodes)} decision points, mean align {mean}")
     if min_sr_range is not None:
         head.append(f" · high-stakes only (SR range ≥ {min_sr_range:g})")

@@ -153,6 +153,8 @@ def test_show_has_a_method_option(run_dir):
     res = invoke("show", run_dir, "--question", "q0", "--path", "0", "--method", "minillm")
     assert res.exit_code == 0, res.output
     assert "· minillm ·" in res.output
+    res = invoke("show", run_dir, "--question", "q0", "--path", "0", "--method", "drgrpo")
+    assert res.exit_code == 0 and "· no teacher · drgrpo ·" in res.output, res.output
 
 
 def test_export_cli_fill_option_and_summary(run_dir, tmp_path):
@@ -462,6 +464,11 @@ def test_closing_lines_in_words_handle_missing_values():
     assert "lead" not in lines[0] and "no CI: fewer than two questions" in lines[1]
     assert "could not be run" in lines[1]
     assert in_words({}) == []
+    rl = {"ranking/drgrpo/first": "", "ranking/drgrpo//mean": 0.7,
+          "ranking/drgrpo//ci_low": 0.6, "ranking/drgrpo//ci_high": 0.8}
+    assert in_words(rl, "drgrpo") == [
+        "drgrpo uses no teacher (the RL baseline): mean alignment +0.700 (95% CI [+0.600, "
+        "+0.800])."]  # not "Best teacher (drgrpo): , ..."
     sure = contrast_words({"delta": -0.4, "delta_ci_low": -0.7, "delta_ci_high": -0.1,
                            "p_perm": 0.01, "p_perm_min": 1e-4, "n_questions_mixed": 19})
     assert "excludes 0" in sure and "significant at the question level" in sure

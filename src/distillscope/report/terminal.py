@@ -98,7 +98,12 @@ def in_words(summary: dict, method: str = "gkd") -> list[str]:
     correct-vs-incorrect contrast and whether the question-level test can and does reject."""
     lines = []
     first = summary.get(f"ranking/{method}/first")
-    if first is not None:
+    if first == "":  # a teacher-free method (drgrpo): one row, nothing to rank
+        r = f"ranking/{method}//"
+        lines.append(f"{method} uses no teacher (the RL baseline): mean alignment "
+                     f"{fmt(summary.get(r + 'mean'))} (95% CI [{fmt(summary.get(r + 'ci_low'))}"
+                     f", {fmt(summary.get(r + 'ci_high'))}]).")
+    elif first is not None:
         r = f"ranking/{method}/{first}/"
         line = (f"Best teacher ({method}): {first}, mean alignment "
                 f"{fmt(summary.get(r + 'mean'))} (95% CI [{fmt(summary.get(r + 'ci_low'))}, "
