@@ -333,12 +333,30 @@ def _stored_config(out: Path) -> Optional[RunConfig]:
 def _run(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool = True,
          ray: Optional[str] = None, wait: bool = False,
          trust_remote_code: bool = False, models: Optional[dict] = None) -> Optional[Path]:
+    from distillscope.store import RunStore
+
+    _check_out(out)
+    # the new configuration, or an OUT that is not a run, is refused before the lock creates
+    # OUT (and OUT/.lock)
+    _check_remote_code([config], trust_remote_code, "the configuration")
+    store = RunStore(out)
+    store.check_is_a_run_or_new()
+    first, folders = not store.exists(), store.existing_folders()
+    try:
+        return _run_locked(config, out, force=force, report=report, score=score, ray=ray,
+                           wait=wait, trust_remote_code=trust_remote_code, models=models)
+    except BaseException:
+        if first:  # a first invocation that failed before any work leaves OUT as it found it
+            RunStore(out).remove_failed_start(keep=folders)
+        raise
+
+
+def _run_locked(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool,
+                ray: Optional[str], wait: bool, trust_remote_code: bool,
+                models: Optional[dict]) -> Optional[Path]:
     from distillscope import pipeline
     from distillscope.store import run_lock
 
-    _check_out(out)
-    # the new configuration is refused before the lock creates OUT (and OUT/.lock)
-    _check_remote_code([config], trust_remote_code, "the configuration")
     with run_lock(out, wait=wait):
         stored = _stored_config(out) if not force else None
         _check_remote_code([config] + ([stored] if stored else []), trust_remote_code,

@@ -52,6 +52,7 @@ def run(config: RunConfig, out: str | Path, *, reporter: Reporter | None = None,
     (`distillscope score`) names teachers added to a finished run: their own top tokens get
     targeted rollouts first (`phase1.enrich_added_teacher`), and every teacher is rescored where
     the tree grew."""
+    RunStore(out).check_is_a_run_or_new()  # before the lock file is made
     with run_lock(out):  # held for the whole call, released at a fixed point
         return _run(config, out, reporter=reporter, force=force, models=models,
                     teachers_only=teachers_only, score=score, no_new_rollouts=no_new_rollouts,

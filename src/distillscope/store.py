@@ -23,6 +23,7 @@ anywhere: Parquet, JSON and YAML (safe_load) only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import weakref
@@ -60,6 +61,9 @@ from distillscope.storefiles import (  # noqa: F401  (re-exported: the store's p
 )
 
 PLAN_FILE = "plan.json"  # the question ids a run is to analyse, in unit-key order (q#####)
+# The first line of every config.yaml the store writes: a config.yaml without it, in a folder
+# with no work, is somebody's own file (a config kept beside its runs), never overwritten.
+CONFIG_HEADER = "# distillscope: this run's resolved configuration (written by the tool)\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +131,7 @@ class RunStore:
         except OSError as err:
             raise _wrap_os_error(err, self.dir) from None
         self.lock()
+        self.check_is_a_run_or_new()
         if self.exists():
             stored = self.load_config()
             fresh = not self.has_work()
@@ -158,6 +163,53 @@ class RunStore:
         self.save_config(config)
         return config
 
+    def check_is_a_run_or_new(self) -> None:
+        """StoreError when the folder holds files that say it is not a run of this tool: a
+        config.yaml the store did not write (in a folder without work), or units/ or tables/
+        without any config.yaml. Overwriting the one or failing after a whole run on the other
+        would be worse. Called before the lock file is made, and again under the lock."""
+        if self.exists():
+            try:
+                with open(self.config_path, "rb") as f:
+                    ours = f.read(len(CONFIG_HEADER)) == CONFIG_HEADER.encode()
+            except OSError as err:
+                raise _wrap_os_error(err, self.dir) from None
+            if not ours and not self.has_work():
+                raise StoreError(
+                    f"{self.config_path} was not written by distillscope (a config file of "
+                    "yours?) and the folder holds no run: refusing to overwrite it; give --out "
+                    "a folder of its own")
+            return
+        for sub in (self.units_dir, self.tables_dir):
+            if sub.exists() and (not sub.is_dir() or any(sub.iterdir())):
+                raise StoreError(
+                    f"{self.dir} holds {sub.name}/ but no config.yaml: it is not a distillscope "
+                    "run (or its config.yaml was removed); give --out a folder of its own")
+
+    def existing_folders(self) -> set[Path]:
+        """The store's folders that exist now (to pass to `remove_failed_start` later)."""
+        return {f for f in [*(self.tables_dir / n for n in SCHEMAS), self.tables_dir,
+                            self.units_dir, self.dir] if f.is_dir()}
+
+    def remove_failed_start(self, keep: set[Path]) -> None:
+        """After a first invocation failed before any work (a model that would not load, a
+        task file not found): remove what it wrote, so that the folder is as the user left it.
+        Only the store's own files go: its config.yaml (with the header), plan.json,
+        provenance.json, the lock file, and the folders it made if they are empty (`keep`:
+        those that existed before, from `existing_folders`); a folder with work stays whole."""
+        if not self.dir.is_dir() or self.has_work():
+            return
+        with contextlib.suppress(OSError), open(self.config_path, "rb") as f:
+            if f.read(len(CONFIG_HEADER)) == CONFIG_HEADER.encode():
+                self.config_path.unlink()
+        for name in (PLAN_FILE, "provenance.json", LOCK_NAME):
+            (self.dir / name).unlink(missing_ok=True)
+        for folder in [*(self.tables_dir / n for n in sorted(SCHEMAS)), self.tables_dir,
+                       self.units_dir, self.dir]:
+            if folder not in keep:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
+
     def load_config(self) -> RunConfig:
         if not self.exists():
             raise StoreError(f"{self.dir} is not a distillscope run (no config.yaml)")
@@ -175,7 +227,7 @@ class RunStore:
 
     def save_config(self, config: RunConfig) -> None:
         try:
-            atomic_write_bytes(self.config_path, config.to_yaml().encode())
+            atomic_write_bytes(self.config_path, (CONFIG_HEADER + config.to_yaml()).encode())
         except OSError as err:
             raise _wrap_os_error(err, self.dir) from None
 

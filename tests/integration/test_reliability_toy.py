@@ -6,6 +6,7 @@ trust_remote_code by itself."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -87,6 +88,14 @@ def test_a_failed_start_does_not_poison_out(small, tmp_path):
     res = invoke("run", small, "--out", out, "--set", "task.name=custom",
                  "--set", f"task.path={tmp_path / 'typo.jsonl'}", "--set", "task.verifier=yesno")
     assert res.exit_code == 2 and "question file not found" in res.output
+    assert not out.exists()  # nothing was there before, and nothing is left
+    res = invoke("run", small, "--out", out, "--set", "teachers.0.model.options.tilt=sideways")
+    assert res.exit_code == 2 and "toy option 'tilt'" in res.output, res.output
+    assert not out.exists()
+    out.mkdir()
+    (out / "mine.txt").write_text("x")  # a folder of the user's: only the tool's files go
+    res = invoke("run", small, "--out", out, "--set", "teachers.0.model.options.tilt=sideways")
+    assert res.exit_code == 2 and os.listdir(out) == ["mine.txt"]
     res = invoke("run", small, "--out", out, "--no-report")  # the corrected config
     assert res.exit_code == 0, res.output
     assert yaml.safe_load((out / "config.yaml").read_text())["task"]["name"] == "toy"
@@ -231,3 +240,30 @@ def test_a_damaged_plan_is_a_warning_before_any_output_not_an_error_after_it(ref
         out = " ".join(res.output.split())
         assert f"{run} is incomplete: perhaps: its question list cannot be read" in out, cmd[0]
         assert str(run / "plan.json") in out
+
+
+def test_out_holding_a_config_of_the_user_s_or_stray_units_is_refused_untouched(small, reference,
+                                                                               tmp_path):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    mine = "# my experiment, with my comments\n" + small.read_text()
+    (proj / "config.yaml").write_text(mine)
+    res = invoke("run", proj / "config.yaml", "--out", proj)
+    assert res.exit_code == 2, res.output
+    assert "was not written by distillscope" in res.output
+    assert (proj / "config.yaml").read_text() == mine and sorted(os.listdir(proj)) == [
+        "config.yaml"]
+    stray = tmp_path / "stray"
+    (stray / "units").mkdir(parents=True)
+    (stray / "units" / "x.done").write_text("mine")
+    res = invoke("run", small, "--out", stray)
+    assert res.exit_code == 2 and "holds units/ but no config.yaml" in res.output, res.output
+    assert sorted(os.listdir(stray)) == ["units"]
+    # a run whose config.yaml predates the header line, with work in it, still resumes
+    old = tmp_path / "old"
+    shutil.copytree(reference, old)
+    text = (old / "config.yaml").read_text()
+    assert text.startswith("# distillscope:")
+    (old / "config.yaml").write_text(text.split("\n", 1)[1])
+    res = invoke("run", small, "--out", old, "--no-report")
+    assert res.exit_code == 0 and "nothing recomputed" in res.output, res.output
