@@ -273,3 +273,48 @@ def test_served_items_from_provenance():
     assert label == "served teachers"
     assert text.startswith("a (http://h:1, k=20): self-test passed")
     assert "b: self-test not run (options.self_test is false)" in text
+
+
+def test_a_new_report_drops_only_files_the_last_one_wrote(run_dir, tmp_path):
+    """The report folder's manifest lists what the tool wrote: a rerun replaces those and
+    moves every other file across, even one named like a report table or figure."""
+    import shutil
+
+    from distillscope.report import MANIFEST
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    page = write_report(run, n_boot=50, n_perm=50)
+    folder = page.parent
+    written = json.loads((folder / MANIFEST).read_text())["files"]
+    assert "report.html" in written and "summary.json" in written
+    mine = {"tables/mine.md": "m", "tables/extra.csv": "c", "figures/extra.png": "p",
+            "notes.txt": "n"}
+    for rel, text in mine.items():
+        (folder / rel).write_text(text)
+    stale = folder / "tables" / "dropped_table.csv"  # one the last report wrote, not this one
+    stale.write_text("old")
+    (folder / MANIFEST).write_text(json.dumps({"files": [*written, "tables/dropped_table.csv"]}))
+    write_report(run, n_boot=50, n_perm=50)
+    assert {rel: (folder / rel).read_text() for rel in mine} == mine
+    assert not stale.exists()
+    assert json.loads((folder / MANIFEST).read_text())["files"] == written
+
+
+def test_a_user_file_in_a_killed_report_build_goes_back(run_dir, tmp_path):
+    """Killed inside `_swap_in` after it moved a user's file into its build folder: the next
+    report puts the file back instead of deleting the build folder with it."""
+    import shutil
+
+    from distillscope.report import _BUILD_PREFIX, MANIFEST
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    folder = write_report(run, n_boot=50, n_perm=50).parent
+    dead = run / f"{_BUILD_PREFIX}999999999-report"  # no such pid
+    shutil.copytree(folder, dead)
+    (dead / "notes.txt").write_text("mine")  # moved in, then the process died
+    (dead / "half.csv").write_text("x")
+    written = json.loads((dead / MANIFEST).read_text())["files"]
+    (dead / MANIFEST).write_text(json.dumps({"files": [*written, "half.csv"]}))
+    write_report(run, n_boot=50, n_perm=50)
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert not (folder / "half.csv").exists() and not dead.exists()

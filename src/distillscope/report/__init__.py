@@ -271,7 +271,9 @@ _BUILD_RE = re.compile(r"^\.distillscope-report-(\d+)-(.+?)(-old)?$")
 
 
 def _remove_stale_builds(final: Path) -> None:
-    """Temporary folders of report builds killed before their swap (their pid is gone)."""
+    """Temporary folders of report builds killed before their swap (their pid is gone). A
+    user's file that `_swap_in` had already moved into one goes back into `final`; a folder
+    still holding such a file (`final` has one of that name) is left."""
     from distillscope.store import _pid_alive
 
     if not final.parent.is_dir():
@@ -283,7 +285,19 @@ def _remove_stale_builds(final: Path) -> None:
                 with contextlib.suppress(OSError):  # killed mid-swap: put the old one back
                     p.rename(final)
                     continue
-            shutil.rmtree(p, ignore_errors=True)
+            # _swap_in writes the manifest before it moves any user file in: without one, the
+            # folder holds the tool's files only
+            written = _written_files(p)
+            left = False
+            for rel in sorted(_report_files(p) - written - {Path(MANIFEST)}
+                              if written is not None else []):
+                if final.is_dir() and not (final / rel).exists():
+                    (final / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(p / rel, final / rel)
+                else:
+                    left = True
+            if not left:
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _report_files(folder: Path) -> set[Path]:
@@ -291,13 +305,31 @@ def _report_files(folder: Path) -> set[Path]:
     return {p.relative_to(folder) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
 
 
+MANIFEST = ".distillscope-files.json"  # in an output folder: the files the tool wrote there
+
+
+def _written_files(folder: Path) -> set[Path] | None:
+    """The files the tool wrote into output folder `folder` (its manifest), or None when it
+    has no readable manifest (a folder of an earlier version)."""
+    try:
+        names = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
+        return {Path(n) for n in names if isinstance(n, str)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _swap_in(new: Path, final: Path) -> None:
-    """Replace `final` by the complete report folder `new`. Files in the old folder that the
-    new report does not have and that no report writes (a user's notes) are moved across."""
+    """Replace `final` by the complete output folder `new` (a report, or compare's). `new`
+    gets a manifest of its files first. Files of the old folder that the new one does not
+    have are dropped only if the tool wrote them (the old manifest; without one, a name a
+    report writes); any other file (a user's notes, tables, figures) is moved across."""
+    ours = _report_files(new)
+    (new / MANIFEST).write_text(json.dumps({"files": sorted(str(p) for p in ours)}, indent=1),
+                                encoding="utf-8")
     if final.is_dir() and not final.is_symlink():
-        ours = _report_files(new)
-        for rel in sorted(_report_files(final) - ours):
-            if not _is_report_file(rel):
+        written = _written_files(final)
+        for rel in sorted(_report_files(final) - ours - {Path(MANIFEST)}):
+            if not (rel in written if written is not None else _is_report_file(rel)):
                 (new / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(final / rel, new / rel)
         old = final.parent / f"{_BUILD_PREFIX}{os.getpid()}-{final.name}-old"
