@@ -15,27 +15,45 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from distillscope.cliutil import _command, _fail
+
 MIN_SR_OPT = typer.Option(None, "--min-sr-range", help="High-stakes nodes only: recompute "
                           "everything on decision points with SR range >= this (0-1).")
 TEST_METHODS = ("gkd", "sampled", "minillm")
 
 
-def _check(run_dirs: list[Path], out: Path) -> None:
+def _check(run_dirs: list[Path], out: Path, labels: list[str], method: str) -> None:
+    """Every input, before any work: a user error is a ValueError (or the run-directory
+    check's error) naming the input."""
+    from distillscope.cliutil import _check_run_dir
+    from distillscope.compare import check_labels
+    from distillscope.report.compare_page import check_out
+
     if len(run_dirs) < 2:
         raise ValueError("compare needs at least two run directories")
+    seen: dict[Path, Path] = {}
     for d in run_dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"run directory not found: {d}")
-        if not (d / "config.yaml").is_file():
-            raise ValueError(f"{d} is not a distillscope run (no config.yaml)")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a directory")
+        _check_run_dir(d)
+        real = d.resolve()
+        if real in seen:
+            same = "" if str(seen[real]) == str(d) else f" (as {seen[real]} and {d})"
+            raise ValueError(f"run directory {d} is given twice{same}: each setting must be "
+                             "a different run (a run pooled with itself counts its questions "
+                             "twice)")
+        seen[real] = d
+    check_out(out, run_dirs)
+    if labels:
+        check_labels(labels, len(run_dirs))
+    if method not in TEST_METHODS:
+        raise ValueError(f"--method must be gkd, sampled or minillm; got '{method}'")
 
 
+@_command  # Ctrl-C: one line, exit 130
 def compare_command(
     run_dirs: list[Path] = typer.Argument(..., help="Two or more run directories (settings)."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for compare.html, tables/, "
-                             "figures/ and compare.json."),
+                             "figures/ and compare.json: a new or empty one, or an earlier "
+                             "compare output (replaced; other files in it are kept)."),
     label: list[str] = typer.Option([], "--label", help="Setting label per run, in order "
                                     "(default: the run's student and task)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
@@ -47,22 +65,18 @@ def compare_command(
     whether the best teacher depends on the setting (teacher x setting interaction).
 
     Writes OUT/compare.html, OUT/compare.json, OUT/tables/*.csv|md, OUT/figures/*.png and
-    prints the verdict in words."""
-    from rich.text import Text
-
+    prints the verdict in words. OUT must be new, empty or an earlier compare output, outside
+    the runs; each run is given once."""
     err_console = Console(stderr=True)
     try:
-        _check(run_dirs, out)
-        if method not in TEST_METHODS:
-            raise ValueError(f"--method must be gkd, sampled or minillm; got '{method}'")
+        _check(run_dirs, out, label, method)
         from distillscope.report.compare_page import write_compare
         from distillscope.report.terminal import compare_words
 
         path = write_compare(run_dirs, out, labels=label or None, seed=seed, method=method,
                              min_sr_range=min_sr_range)
     except (ValueError, OSError, KeyError, RuntimeError) as err:  # StoreError is a RuntimeError
-        err_console.print(Text.assemble(("error: ", "bold red"), str(err)))
-        raise typer.Exit(2) from None
+        _fail(err)  # one line, control characters made visible; exit 2
     summary = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     err_console.print(f"compare: {path} (compare.json, tables/, figures/ beside it)",
                       markup=False, highlight=False)

@@ -68,17 +68,54 @@ def setting_label(config: dict, fallback: str) -> tuple[str, str, str]:
     return f"{student} · {task}", student, task
 
 
+def _control_chars(text: str) -> list[str]:
+    """The control characters in `text` (C0, DEL, C1 and bidi controls), as escapes."""
+    from distillscope.report.data import BIDI_CONTROLS
+
+    return sorted({repr(c)[1:-1] for c in text  # as escapes: \n, \x1b, \u202e
+                   if ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or ord(c) in BIDI_CONTROLS})
+
+
+def check_labels(labels: Sequence[str], n_runs: int) -> list[str]:
+    """Setting labels given by the user: one per run, each a non-blank single-line name with no
+    control character (a newline or tab would break the .md tables and the terminal output),
+    none equal to the pooled row's name, and no two alike (a label names a column group and
+    compare.json keys). ValueError naming the label otherwise."""
+    if len(labels) != n_runs:
+        raise ValueError(f"{len(labels)} label(s) for {n_runs} run(s): give one --label "
+                         "per run, or none")
+    seen: set[str] = set()
+    for label in labels:
+        if not isinstance(label, str):
+            raise ValueError(f"--label {label!r} is not a string")
+        if not label.strip():
+            raise ValueError(f"--label {label!r} is empty: give every setting a visible name")
+        bad = _control_chars(label)
+        if bad:
+            raise ValueError(f"--label {label!r} contains a control character "
+                             f"({', '.join(bad)}): use a one-line label of printable characters")
+        if label == POOLED:
+            raise ValueError(f"--label {label!r} is the name of the pooled row of the "
+                             "correct-vs-incorrect table: choose another label")
+        if label in seen:
+            raise ValueError(f"--label {label!r} is given twice: give each setting its own "
+                             "label")
+        seen.add(label)
+    return list(labels)
+
+
 def load_settings(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None, *,
                   min_sr_range: float | None = None) -> list[Setting]:
-    """One Setting per run directory; labels from the configs unless given. Runs with the
-    same student and task get their directory name appended (then a number)."""
+    """One Setting per run directory; labels from the configs unless given (given labels are
+    checked by `check_labels`: a bad or repeated one is a ValueError naming it). Derived labels
+    of runs with the same student and task get their directory name appended (then a
+    number)."""
     from distillscope.report.data import load_run
     from distillscope.report.header import incomplete_note
     from distillscope.store import RunStore
 
-    if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"{len(labels)} label(s) for {len(run_dirs)} run(s): give one --label "
-                         "per run, or none")
+    if labels is not None:
+        check_labels(labels, len(run_dirs))
     out = []
     for i, d in enumerate(run_dirs):
         run = load_run(d, ("nodes",))
