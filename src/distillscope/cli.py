@@ -17,6 +17,7 @@ what it did: a resumed run says what it reused, and the files it wrote are named
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Optional
@@ -260,7 +261,7 @@ def screen(
 @_command
 def report(
     run_dir: str = RUN_DIR_ARG,
-    seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
+    seed: int = typer.Option(0, min=0, help="Seed of the bootstrap and permutation draws."),
     method: str = typer.Option("gkd", help=f"Gradient the report ranks by: {METHODS}."),
     min_sr_range: Optional[float] = MIN_SR_OPT,
 ) -> None:
@@ -384,11 +385,27 @@ def quickstart(
 
 
 def main() -> None:
+    """The console script. A usage error (an option value that does not parse, a missing
+    argument, an unknown command) is one line naming it, exit 2, like every other error; no
+    arguments print the help. (typer's own exceptions: its public base `TyperException`.)"""
     try:
-        app()
+        rv = app(standalone_mode=False)
+    except typer.TyperException as err:
+        if type(err).__name__ == "NoArgsIsHelpError":
+            err.show()  # the help text itself
+        else:
+            ctx = getattr(err, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            msg = err.format_message() if hasattr(err, "format_message") else str(err)
+            with contextlib.suppress(typer.Exit):  # it prints, then exits 2
+                _fail(ConfigError(f"{msg}{where}"))
+        sys.exit(getattr(err, "exit_code", 2))
+    except typer.Abort:
+        sys.exit(1)
     except KeyboardInterrupt:  # outside a command (while parsing the options)
         console.print(INTERRUPTED, style="yellow", markup=False, highlight=False)
         sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

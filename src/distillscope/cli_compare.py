@@ -56,7 +56,7 @@ def compare_command(
                              "compare output (replaced; other files in it are kept)."),
     label: list[str] = typer.Option([], "--label", help="Setting label per run, in order "
                                     "(default: the run's student and task)."),
-    seed: int = typer.Option(0, help="Seed of the bootstrap and permutation draws."),
+    seed: int = typer.Option(0, min=0, help="Seed of the bootstrap and permutation draws."),
     method: str = typer.Option("gkd", help="Method of the headline test: gkd, sampled or "
                                "minillm (table 1 is written for every method)."),
     min_sr_range: Optional[float] = MIN_SR_OPT,

@@ -165,9 +165,10 @@ class RunStore:
 
     def check_is_a_run_or_new(self) -> None:
         """StoreError when the folder holds files that say it is not a run of this tool: a
-        config.yaml the store did not write (in a folder without work), or units/ or tables/
-        without any config.yaml. Overwriting the one or failing after a whole run on the other
-        would be worse. Called before the lock file is made, and again under the lock."""
+        config.yaml the store did not write (in a folder without work), or commit markers
+        (units/*.done, which every reader would take for the run's) without a config.yaml.
+        Overwriting the one or failing after a whole run on the other would be worse. Called
+        before the lock file is made, and again under the lock."""
         if self.exists():
             try:
                 with open(self.config_path, "rb") as f:
@@ -180,11 +181,12 @@ class RunStore:
                     "yours?) and the folder holds no run: refusing to overwrite it; give --out "
                     "a folder of its own")
             return
-        for sub in (self.units_dir, self.tables_dir):
-            if sub.exists() and (not sub.is_dir() or any(sub.iterdir())):
-                raise StoreError(
-                    f"{self.dir} holds {sub.name}/ but no config.yaml: it is not a distillscope "
-                    "run (or its config.yaml was removed); give --out a folder of its own")
+        if self.units_dir.exists() and (not self.units_dir.is_dir()
+                                        or any(self.units_dir.glob("*.done"))):
+            raise StoreError(
+                f"{self.dir} holds units/ (commit markers) but no config.yaml: it is not a "
+                "distillscope run (or its config.yaml was removed); give --out a folder of its "
+                "own")
 
     def existing_folders(self) -> set[Path]:
         """The store's folders that exist now (to pass to `remove_failed_start` later)."""

@@ -257,7 +257,7 @@ def test_out_holding_a_config_of_the_user_s_or_stray_units_is_refused_untouched(
     (stray / "units").mkdir(parents=True)
     (stray / "units" / "x.done").write_text("mine")
     res = invoke("run", small, "--out", stray)
-    assert res.exit_code == 2 and "holds units/ but no config.yaml" in res.output, res.output
+    assert res.exit_code == 2 and "holds units/ (commit markers) but no config.yaml" in res.output
     assert sorted(os.listdir(stray)) == ["units"]
     # a run whose config.yaml predates the header line, with work in it, still resumes
     old = tmp_path / "old"

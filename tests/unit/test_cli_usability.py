@@ -81,6 +81,27 @@ def test_switching_the_quickstart_to_vllm_names_the_hf_option_before_anything_is
     assert not (tmp_path / "r").exists()
 
 
+def test_usage_errors_of_the_console_script_are_one_line(run_dir):
+    """Through `main` (what the installed command runs), not CliRunner: an option value that
+    does not parse, a missing argument, an unknown option or command, a negative --seed."""
+    import subprocess
+    import sys
+
+    cases = [(["show", run_dir, "--question", "0", "--path", "abc"], "'--path'"),
+             (["report"], "Missing argument"), (["report", run_dir, "--seed", "-1"], "'--seed'"),
+             (["show", run_dir, "--bogus"], "--bogus"), (["bogus"], "'bogus'")]
+    for args, named in cases:
+        res = subprocess.run([sys.executable, "-m", "distillscope", *map(str, args)],
+                             capture_output=True, text=True, env={"COLUMNS": "300",
+                                                                  "PATH": "/usr/bin:/bin"})
+        out = (res.stdout + res.stderr).strip()
+        assert res.returncode == 2, (args, out)
+        assert len(out.splitlines()) == 1 and out.startswith("error: ") and named in out, out
+    res = subprocess.run([sys.executable, "-m", "distillscope", "--help"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and "Usage" in res.stdout
+
+
 def test_an_empty_config_file_is_an_error_not_the_defaults(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing here\n")
