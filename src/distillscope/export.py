@@ -127,8 +127,7 @@ def weights_frame(run_dir: str | Path, teacher: str, method: str = "gkd",
     threshold, fill = check_options(threshold, fill)
     run = load_run(run_dir, ("paths", "nodes"))
     if teacher not in run.teachers:
-        raise ValueError(f"unknown teacher {teacher!r}; this run has: "
-                         f"{', '.join(run.teachers) or 'none'}")
+        raise run.unknown_teacher(teacher, run.teachers)
     if method not in run.methods:
         raise ValueError(f"unknown method {method!r}; this run has: {', '.join(run.methods)}")
     run.tables["nodes"] = high_stakes(run.nodes, min_sr_range)

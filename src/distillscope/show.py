@@ -152,8 +152,7 @@ def render_path(
     if teacher is None:
         teacher = default_teacher(run_dir, method, min_sr_range)
     if teacher not in run.scored_teachers:
-        raise ValueError(f"unknown teacher {teacher!r}; this run has: "
-                         f"{', '.join(run.scored_teachers) or 'none'}")
+        raise run.unknown_teacher(teacher, run.scored_teachers)
     if method not in run.methods and run.methods:
         raise ValueError(f"unknown method {method!r}; this run has: {', '.join(run.methods)}")
     run.tables["nodes"] = high_stakes(run.nodes, min_sr_range)

@@ -267,3 +267,18 @@ def test_out_holding_a_config_of_the_user_s_or_stray_units_is_refused_untouched(
     (old / "config.yaml").write_text(text.split("\n", 1)[1])
     res = invoke("run", small, "--out", old, "--no-report")
     assert res.exit_code == 0 and "nothing recomputed" in res.output, res.output
+
+
+def test_a_configured_teacher_without_scores_is_told_apart_from_a_typo(reference, tmp_path):
+    from distillscope.store import RunStore
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    for key in ("q00000/c-", "q00001/c-"):  # stopped before phase 2
+        RunStore(run).uncommit(key)
+    res = invoke("export-weights", run, "--teacher", "helpful", "--out", tmp_path / "w.jsonl")
+    assert res.exit_code == 2, res.output
+    assert "teacher 'helpful' is in this run's configuration but has no scores yet" in \
+        " ".join(res.output.split())
+    res = invoke("export-weights", run, "--teacher", "nope", "--out", tmp_path / "w.jsonl")
+    assert res.exit_code == 2 and "unknown teacher 'nope'" in res.output

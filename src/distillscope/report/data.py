@@ -53,6 +53,18 @@ class Run:
         rec = [str(t) for t in rec] if isinstance(rec, list) else []
         return sorted(set(self.teachers) | set(rec))
 
+    def unknown_teacher(self, teacher: str, have: list[str]) -> ValueError:
+        """The error for a --teacher that is not among `have` (the run's scored teachers): a
+        teacher of the configuration that has no scores yet is told apart from a typo."""
+        configured = [str(t.get("name")) for t in self.config.get("teachers") or []
+                      if isinstance(t, dict)]
+        if teacher in configured:
+            return ValueError(f"teacher {teacher!r} is in this run's configuration but has no "
+                              "scores yet (the run stopped before scoring it): rerun the "
+                              "command that made the run to finish it")
+        return ValueError(f"unknown teacher {teacher!r}; this run has: "
+                          f"{', '.join(have) or 'none'}")
+
     @property
     def methods(self) -> list[str]:
         order = ["gkd", "sampled", "minillm", "drgrpo"]
