@@ -85,5 +85,8 @@ def compare_command(
             err_console.print(f"warning: {summary[f'setting/{i}/run_dir']} is incomplete: "
                               f"{summary[f'setting/{i}/incomplete']}", style="yellow",
                               markup=False, highlight=False)
+    for key in sorted(k for k in summary if k.startswith("teacher/") and k.endswith("/differs")):
+        err_console.print(f"warning: {summary[key]}", style="yellow", markup=False,
+                          highlight=False)
     for line in compare_words(summary, method):
         Console().print(line, markup=False, highlight=False)

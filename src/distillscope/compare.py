@@ -28,6 +28,7 @@ from a setting is left out of that setting's cells, and named (docs/method.md#co
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,28 @@ def check_labels(labels: Sequence[str], n_runs: int) -> list[str]:
                              "label")
         seen.add(label)
     return list(labels)
+
+
+def teacher_conflicts(settings: Sequence[Setting]) -> dict[str, str]:
+    """Teacher names that mean different teachers in different settings (another mode, model
+    or source in the runs' configs), each with a sentence saying where: `compare` pairs
+    teachers by name, so such a row mixes two teachers. A self-* teacher is the same
+    definition in every run (its model is each run's student, which is the setting)."""
+    defs: dict[str, dict[str, list[str]]] = {}
+    for s in settings:
+        for t in s.config.get("teachers") or []:
+            if isinstance(t, dict) and "name" in t:
+                key = json.dumps({k: v for k, v in t.items() if k != "name"}, sort_keys=True,
+                                 default=str)
+                defs.setdefault(str(t["name"]), {}).setdefault(key, []).append(s.label)
+    out = {}
+    for name, groups in sorted(defs.items()):
+        if len(groups) > 1:
+            where = "; ".join(", ".join(labels) for labels in groups.values())
+            out[name] = (f"teacher '{name}' is defined differently across settings (one "
+                         f"definition per group: {where}): its row pairs different teachers "
+                         "by name; rename one to compare them apart")
+    return out
 
 
 def load_settings(run_dirs: Sequence[str | Path], labels: Sequence[str] | None = None, *,

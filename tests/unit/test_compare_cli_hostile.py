@@ -218,3 +218,24 @@ def test_explicit_duplicate_labels_are_refused(runs_unchanged, tmp_path):
     assert not out.exists()
     with pytest.raises(ValueError, match="'x' is given twice"):
         C.load_settings([runs["a"], runs["b"]], ["x", "x"])
+
+
+def test_a_teacher_name_meaning_two_teachers_is_named(tmp_path):
+    """compare pairs teachers by name: the same name with another model in another run is a
+    warning on the terminal, a finding on the page and a compare.json key."""
+    cfg = load_config(ROOT / "configs" / "toy.yaml", {"task.options.n_questions": 3, "seed": 1})
+    keep = [t for t in cfg.teachers if t.name in ("helpful", "harmful")]
+    run(cfg.model_copy(update={"teachers": keep}), tmp_path / "a")
+    t = keep[0]
+    other = t.model_copy(update={"model": t.model.model_copy(
+        update={"options": {**t.model.options, "strength": 3.0}})})
+    run(cfg.model_copy(update={"teachers": [other, keep[1]]}), tmp_path / "b")
+    res = invoke(tmp_path / "a", tmp_path / "b", "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "warning: teacher 'helpful' is defined differently across settings" in out
+    assert "harmful" not in out.split("warning: ")[1].split("rename one")[0]
+    summary = json.loads((tmp_path / "o" / "compare.json").read_text())
+    assert set(k for k in summary if k.startswith("teacher/")) == {"teacher/helpful/differs"}
+    assert "Same name, different teacher: helpful" in (tmp_path / "o" / "compare.html").read_text(
+        encoding="utf-8")

@@ -400,6 +400,9 @@ def _build(settings: list[C.Setting], out: Path, *, seed: int, n_boot: int, n_pe
         summary[f"setting/{i}/run_dir"] = str(s.run_dir)
         if s.incomplete:
             summary[f"setting/{i}/incomplete"] = s.incomplete
+    conflicts = C.teacher_conflicts(settings)
+    for name, text in conflicts.items():
+        summary[f"teacher/{name}/differs"] = text
     save("ranking_long", res["ranking"])
     wides = {}
     for m in methods:
@@ -468,6 +471,8 @@ def _build(settings: list[C.Setting], out: Path, *, seed: int, n_boot: int, n_pe
     findings.append(_cvi_finding(cvi, names, method))
     findings += [Finding(f"Incomplete run: {s.label}", f"{s.run_dir}: {s.incomplete}.", "note")
                  for s in settings if s.incomplete]
+    findings += [Finding(f"Same name, different teacher: {name}", f"{text}.", "note")
+                 for name, text in conflicts.items()]
     if min_sr_range is not None:
         findings.append(Finding("High-stakes nodes only", f"Every table here is computed on the "
                                 f"decision points with SR range ≥ {min_sr_range:g}.", "note"))
