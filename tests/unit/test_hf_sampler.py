@@ -362,8 +362,11 @@ def test_unknown_backend_options_are_named():
     from distillscope.config import ModelSpec
     from distillscope.models.hf import load_hf_model
 
-    with pytest.raises(ModelError, match="bogus"):
-        load_hf_model(ModelSpec(model="unused", device="cpu", options={"bogus": 1}))
+    with pytest.raises(ValueError, match="unknown hf backend option.*bogus"):  # the config
+        ModelSpec(model="unused", device="cpu", options={"bogus": 1})
+    unchecked = ModelSpec(model="unused", device="cpu").model_copy(update={"options": {"bogus": 1}})
+    with pytest.raises(ModelError, match="bogus"):  # and the loader, for a spec built unchecked
+        load_hf_model(unchecked)
 
 
 # --- scoring ---------------------------------------------------------------------------------

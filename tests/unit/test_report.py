@@ -280,7 +280,7 @@ def test_a_new_report_drops_only_files_the_last_one_wrote(run_dir, tmp_path):
     moves every other file across, even one named like a report table or figure."""
     import shutil
 
-    from distillscope.report import MANIFEST
+    from distillscope.report.outdir import MANIFEST
 
     run = shutil.copytree(run_dir, tmp_path / "run")
     page = write_report(run, n_boot=50, n_perm=50)
@@ -305,11 +305,11 @@ def test_a_user_file_in_a_killed_report_build_goes_back(run_dir, tmp_path):
     report puts the file back instead of deleting the build folder with it."""
     import shutil
 
-    from distillscope.report import _BUILD_PREFIX, MANIFEST
+    from distillscope.report.outdir import MANIFEST, build_prefix
 
     run = shutil.copytree(run_dir, tmp_path / "run")
     folder = write_report(run, n_boot=50, n_perm=50).parent
-    dead = run / f"{_BUILD_PREFIX}999999999-report"  # no such pid
+    dead = run / f"{build_prefix('report')}999999999-report"  # no such pid
     shutil.copytree(folder, dead)
     (dead / "notes.txt").write_text("mine")  # moved in, then the process died
     (dead / "half.csv").write_text("x")

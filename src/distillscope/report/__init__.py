@@ -10,14 +10,9 @@ the report does not write, put into RUN_DIR/report by hand, are carried over, ne
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import errno
 import json
 import math
-import os
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -223,15 +218,11 @@ def write_report(
     `seed` fixes the bootstrap and permutation draws. `min_sr_range`: every table, figure and
     path view on the decision points with SR range >= that threshold only.
 
-    All or nothing: the files are written into a temporary folder beside `out_dir`, which
-    replaces `out_dir` once complete. Disk full or a read-only folder: StoreError."""
-    from distillscope.store import (
-        RunStore,
-        StoreError,
-        _wrap_os_error,
-        acquire_lock,
-        release_lock,
-    )
+    All or nothing, and only the tool's files replaced (`report/outdir.py`): the files are
+    written into a temporary folder beside `out_dir`, which replaces `out_dir` once complete;
+    a user's files there are kept. Disk full or a read-only folder: StoreError."""
+    from distillscope.report.outdir import write_folder
+    from distillscope.store import RunStore
 
     run = load_run(run_dir, REPORT_TABLES)
     run.truncated = truncated_rollouts(RunStore(run.run_dir))
@@ -239,115 +230,10 @@ def write_report(
     min_sr_range = check_threshold(min_sr_range)
     default = "report" if min_sr_range is None else f"report-sr{min_sr_range:g}"
     final = Path(out_dir) if out_dir is not None else run.run_dir / default
-    try:
-        key = acquire_lock(final.parent / f".{final.name}.lock", what="report")
-    except OSError as err:
-        raise _wrap_os_error(err, final.parent) from None
-    try:
-        _remove_stale_builds(final)
-        out = final.parent / f"{_BUILD_PREFIX}{os.getpid()}-{final.name}"
-        try:
-            if out.exists():
-                shutil.rmtree(out)
-            out.mkdir(parents=True)
-            _build(run, out, seed, method, n_boot, n_perm, max_depth_paths, min_sr_range)
-            _swap_in(out, final)
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise StoreError(f"disk full while writing the report {final}; the previous "
-                                 "report (if any) is unchanged: free space and run 'distillscope "
-                                 "report' again") from None
-            raise _wrap_os_error(err, final.parent) from None
-        finally:
-            if out.exists():
-                shutil.rmtree(out, ignore_errors=True)
-    finally:
-        release_lock(key)
+    write_folder(final, lambda out: _build(run, out, seed, method, n_boot, n_perm,
+                                           max_depth_paths, min_sr_range),
+                 what="report", tool_file=_is_report_file)
     return final / "report.html"
-
-
-_BUILD_PREFIX = ".distillscope-report-"  # + "<pid>-<name>" (a build) or "-old" suffix
-_BUILD_RE = re.compile(r"^\.distillscope-report-(\d+)-(.+?)(-old)?$")
-
-
-def _remove_stale_builds(final: Path) -> None:
-    """Temporary folders of report builds killed before their swap (their pid is gone). A
-    user's file that `_swap_in` had already moved into one goes back into `final`; a folder
-    still holding such a file (`final` has one of that name) is left."""
-    from distillscope.store import _pid_alive
-
-    if not final.parent.is_dir():
-        return
-    for p in final.parent.iterdir():
-        m = _BUILD_RE.match(p.name)
-        if m and m.group(2) == final.name and p.is_dir() and not _pid_alive(int(m.group(1))):
-            if m.group(3) and not final.exists():
-                with contextlib.suppress(OSError):  # killed mid-swap: put the old one back
-                    p.rename(final)
-                    continue
-            # _swap_in writes the manifest before it moves any user file in: without one, the
-            # folder holds the tool's files only
-            written = _written_files(p)
-            left = False
-            for rel in sorted(_report_files(p) - written - {Path(MANIFEST)}
-                              if written is not None else []):
-                if final.is_dir() and not (final / rel).exists():
-                    (final / rel).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(p / rel, final / rel)
-                else:
-                    left = True
-            if not left:
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _report_files(folder: Path) -> set[Path]:
-    """Files of a finished report folder, relative to it."""
-    return {p.relative_to(folder) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
-
-
-MANIFEST = ".distillscope-files.json"  # in an output folder: the files the tool wrote there
-
-
-def _written_files(folder: Path) -> set[Path] | None:
-    """The files the tool wrote into output folder `folder` (its manifest), or None when it
-    has no readable manifest (a folder of an earlier version)."""
-    try:
-        names = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"]
-        return {Path(n) for n in names if isinstance(n, str)}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _swap_in(new: Path, final: Path) -> None:
-    """Replace `final` by the complete output folder `new` (a report, or compare's). `new`
-    gets a manifest of its files first. Files of the old folder that the new one does not
-    have are dropped only if the tool wrote them (the old manifest; without one, a name a
-    report writes); any other file (a user's notes, tables, figures) is moved across."""
-    ours = _report_files(new)
-    (new / MANIFEST).write_text(json.dumps({"files": sorted(str(p) for p in ours)}, indent=1),
-                                encoding="utf-8")
-    if final.is_dir() and not final.is_symlink():
-        written = _written_files(final)
-        for rel in sorted(_report_files(final) - ours - {Path(MANIFEST)}):
-            if not (rel in written if written is not None else _is_report_file(rel)):
-                (new / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(final / rel, new / rel)
-        old = final.parent / f"{_BUILD_PREFIX}{os.getpid()}-{final.name}-old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(new, final)
-        shutil.rmtree(old, ignore_errors=True)
-    elif final.exists() or final.is_symlink():
-        from distillscope.store import StoreError
-
-        raise StoreError(f"{final} exists and is not a directory; move it away to write the "
-                         "report there")
-    else:
-        os.replace(new, final)
-    from distillscope.store import _fsync_dir
-
-    _fsync_dir(final.parent)
 
 
 def _is_report_file(rel: Path) -> bool:

@@ -12,15 +12,10 @@ question ids) is escaped by report/html.py's `esc`.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
-import errno
 import json
 import math
-import os
-import re
-import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +32,7 @@ from distillscope.report import (
 from distillscope.report import compare_plots as P
 from distillscope.report import html as H
 from distillscope.report.findings import Finding, fnum
+from distillscope.report.outdir import write_folder
 from distillscope.stakes import sr_range_values
 
 __all__ = ["write_compare"]
@@ -166,9 +162,13 @@ def write_compare(
     out = Path(out_dir)
     check_out(out, run_dirs)
     settings = C.load_settings(run_dirs, labels, min_sr_range=min_sr_range)
-    _write_atomically(out, lambda build: _build(
-        settings, build, seed=seed, n_boot=n_boot, n_perm=n_perm, method=method,
-        min_sr_range=min_sr_range, min_questions=min_questions))
+
+    def build(folder: Path) -> None:
+        check_out(out)  # again, under the lock: another compare may have written it
+        _build(settings, folder, seed=seed, n_boot=n_boot, n_perm=n_perm, method=method,
+               min_sr_range=min_sr_range, min_questions=min_questions)
+
+    write_folder(out, build, what="compare", tool_file=_is_compare_file)
     return out / "compare.html"
 
 
@@ -183,8 +183,6 @@ COMPARE_TABLES = frozenset(
 COMPARE_FIGURES = frozenset({"ranking", "correct_vs_incorrect", "sr_range"})
 _TOP_FILES = ("compare.html", "compare.json")
 _SUBDIRS = ("tables", "figures")
-_BUILD_PREFIX = ".distillscope-compare-"  # + "<pid>-<name>" (a build) or "-old" suffix
-_BUILD_RE = re.compile(r"^\.distillscope-compare-(\d+)-(.+?)(-old)?$")
 
 
 def _is_compare_file(rel: Path) -> bool:
@@ -245,136 +243,6 @@ def check_out(out: str | Path, run_dirs: Sequence[str | Path] = ()) -> None:
         raise ValueError(f"--out {out} is a directory that is neither empty nor an earlier "
                          "comparison (no compare.json written by distillscope compare): give a "
                          "new or empty directory, so that no file there is overwritten")
-
-
-def _write_atomically(out: Path, build: Callable[[Path], object]) -> None:
-    """Run `build(folder)` on a fresh temporary folder beside OUT, then swap it in (`_swap_in`)
-    under a lock on OUT. On any error nothing is left: no OUT, no folder created for it, no
-    temporary files; an existing OUT is unchanged."""
-    from distillscope.store import acquire_lock, release_lock
-
-    final = out.resolve()  # a symbolic link to a folder stays a link to the new one
-    created = []
-    p = final.parent
-    while not p.exists():
-        created.append(p)
-        p = p.parent
-    lock = final.parent / f".{final.name}.lock"
-    key = None
-    tmp = final.parent / f"{_BUILD_PREFIX}{os.getpid()}-{final.name}"
-    try:
-        try:
-            key = acquire_lock(lock, what="comparison")
-            _remove_stale_builds(final)
-            check_out(final)  # again, under the lock: another compare may have written it
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
-            build(tmp)
-            _swap_in(tmp, final)
-        except OSError as err:
-            raise _store_error(err, out) from None
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        if key is not None:
-            release_lock(key)
-            key = None
-            if created:  # the lock file is in a folder made for OUT: remove both
-                with contextlib.suppress(OSError):
-                    lock.unlink()
-        for d in created:  # deepest first; only if still empty
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        raise
-    finally:
-        if key is not None:
-            release_lock(key)
-
-
-def _store_error(err: OSError, out: Path) -> Exception:
-    from distillscope.store import StoreError
-
-    if err.errno == errno.ENOSPC:
-        return StoreError(f"disk full while writing the comparison {out}; the previous one (if "
-                          "any) is unchanged: free space and run 'distillscope compare' again")
-    if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-        return StoreError(f"cannot write the comparison {out} ({err.strerror}): choose a "
-                          "writable --out")
-    if err.errno == errno.ENOTDIR:
-        return StoreError(f"cannot use --out {out}: a part of that path is a file, not a "
-                          "directory; choose another --out")
-    return StoreError(f"I/O error writing the comparison {out}: {err}")
-
-
-def _user_entries(final: Path) -> list[Path]:
-    """What an existing OUT holds that compare does not write (relative paths): whole
-    top-level entries, and the entries of tables/ and figures/ that are not compare's."""
-    keep = []
-    for entry in sorted(final.iterdir()):
-        rel = Path(entry.name)
-        if entry.name in _SUBDIRS and entry.is_dir() and not entry.is_symlink():
-            keep += [rel / sub.name for sub in sorted(entry.iterdir())
-                     if not (_is_compare_file(rel / sub.name)
-                             and (sub.is_file() or sub.is_symlink()))]
-        elif not (_is_compare_file(rel) and (entry.is_file() or entry.is_symlink())):
-            keep.append(rel)
-    return keep
-
-
-def _swap_in(new: Path, final: Path) -> None:
-    """Replace `final` (absent, empty or an earlier comparison) by the complete folder `new`;
-    what the old folder holds that compare does not write is moved across first."""
-    from distillscope.store import StoreError, _fsync_dir
-
-    if final.is_dir():
-        keep = _user_entries(final)
-        clash = [rel for rel in keep if (new / rel).exists() or (new / rel).is_symlink()]
-        if clash:
-            raise StoreError(f"{final / clash[0]} is in the way of a file compare writes (it "
-                             "is not one compare wrote): move it away and run compare again")
-        for rel in keep:
-            (new / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(final / rel, new / rel)
-        old = final.parent / f"{_BUILD_PREFIX}{os.getpid()}-{final.name}-old"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(new, final)
-        shutil.rmtree(old, ignore_errors=True)  # compare's own files only
-    elif final.exists() or final.is_symlink():
-        raise StoreError(f"{final} exists and is not a directory; move it away to write the "
-                         "comparison there")
-    else:
-        os.replace(new, final)
-    _fsync_dir(final.parent)
-
-
-def _remove_stale_builds(final: Path) -> None:
-    """Folders of compare runs killed before or during their swap (their pid is gone): an old
-    OUT moved aside goes back when OUT is missing; files in them that compare does not write
-    are moved back into OUT (or the folder is left, if OUT has a file of that name); then
-    compare's own files there are removed."""
-    from distillscope.store import _pid_alive
-
-    stale = []
-    for p in final.parent.iterdir():
-        m = _BUILD_RE.match(p.name)
-        if (m and m.group(2) == final.name and p.is_dir() and not p.is_symlink()
-                and not _pid_alive(int(m.group(1)))):
-            stale.append((not m.group(3), p))  # "-old" folders first
-    for _, p in sorted(stale):
-        if not final.exists() and not final.is_symlink() and p.name.endswith("-old"):
-            os.replace(p, final)
-            continue
-        if final.is_dir():
-            for rel in _user_entries(p):
-                if not (final / rel).exists() and not (final / rel).is_symlink():
-                    (final / rel).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(p / rel, final / rel)
-        if not _user_entries(p):
-            shutil.rmtree(p, ignore_errors=True)
 
 
 def _build(settings: list[C.Setting], out: Path, *, seed: int, n_boot: int, n_perm: int,
