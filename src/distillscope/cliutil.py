@@ -341,41 +341,53 @@ def _run(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool
     _check_remote_code([config], trust_remote_code, "the configuration")
     store = RunStore(out)
     store.check_is_a_run_or_new()
-    first, folders = not store.exists(), store.existing_folders()
-    try:
-        return _run_locked(config, out, force=force, report=report, score=score, ray=ray,
-                           wait=wait, trust_remote_code=trust_remote_code, models=models)
-    except BaseException:
-        if first:  # a first invocation that failed before any work leaves OUT as it found it
-            RunStore(out).remove_failed_start(keep=folders)
-        raise
+    before = store.existing_paths() if not store.exists() else None
+    return _run_locked(config, out, force=force, report=report, score=score, ray=ray,
+                       wait=wait, trust_remote_code=trust_remote_code, models=models,
+                       before=before)
 
 
 def _run_locked(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool,
                 ray: Optional[str], wait: bool, trust_remote_code: bool,
-                models: Optional[dict]) -> Optional[Path]:
-    from distillscope import pipeline
-    from distillscope.store import run_lock
+                models: Optional[dict], before: Optional[set]) -> Optional[Path]:
+    from distillscope.store import RunStore, run_lock
 
     with run_lock(out, wait=wait):
-        stored = _stored_config(out) if not force else None
-        _check_remote_code([config] + ([stored] if stored else []), trust_remote_code,
-                           "the configuration" if stored is None
-                           else f"the configuration (with {out}/config.yaml)")
-        _say_damage(out)
-        before = _state(out)
-        if ray is not None:
-            from distillscope.distributed import run_on_ray
+        store = RunStore(out)
+        if before is not None and store.exists():
+            before = None  # another invocation made the run meanwhile: not ours to undo
+        try:
+            return _run_body(config, out, force=force, report=report, score=score, ray=ray,
+                             trust_remote_code=trust_remote_code, models=models)
+        except BaseException:
+            if before is not None:  # a first invocation that failed before any work leaves
+                store.remove_failed_start(before)  # the place as it found it (lock held)
+            raise
 
-            run_on_ray(config, out, address=ray or None, reporter=_reporter(), force=force,
-                       score=score)
-        else:
-            pipeline.run(config, out, reporter=_reporter(), force=force, score=score,
-                         models=models)
-        _say_done(out, before, "run" if score else "shared tree")
-        _warn_truncated(out)
-        if report and score:
-            return _write_report(out)
+
+def _run_body(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool,
+              ray: Optional[str], trust_remote_code: bool,
+              models: Optional[dict]) -> Optional[Path]:
+    from distillscope import pipeline
+
+    stored = _stored_config(out) if not force else None
+    _check_remote_code([config] + ([stored] if stored else []), trust_remote_code,
+                       "the configuration" if stored is None
+                       else f"the configuration (with {out}/config.yaml)")
+    _say_damage(out)
+    before = _state(out)
+    if ray is not None:
+        from distillscope.distributed import run_on_ray
+
+        run_on_ray(config, out, address=ray or None, reporter=_reporter(), force=force,
+                   score=score)
+    else:
+        pipeline.run(config, out, reporter=_reporter(), force=force, score=score,
+                     models=models)
+    _say_done(out, before, "run" if score else "shared tree")
+    _warn_truncated(out)
+    if report and score:
+        return _write_report(out)
     return None
 
 

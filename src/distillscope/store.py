@@ -163,52 +163,82 @@ class RunStore:
         self.save_config(config)
         return config
 
+    def config_is_ours(self) -> bool:
+        """Whether config.yaml starts with the header the store writes (`CONFIG_HEADER`)."""
+        try:
+            with open(self.config_path, "rb") as f:
+                return f.read(len(CONFIG_HEADER)) == CONFIG_HEADER.encode()
+        except FileNotFoundError:
+            return False
+        except OSError as err:
+            raise _wrap_os_error(err, self.dir) from None
+
+    def _has_units(self) -> bool:
+        return self.units_dir.is_dir() and any(self.units_dir.glob("*.done"))
+
     def check_is_a_run_or_new(self) -> None:
         """StoreError when the folder holds files that say it is not a run of this tool: a
-        config.yaml the store did not write (in a folder without work), or commit markers
-        (units/*.done, which every reader would take for the run's) without a config.yaml.
-        Overwriting the one or failing after a whole run on the other would be worse. Called
-        before the lock file is made, and again under the lock."""
+        config.yaml the store did not write in a folder without committed work, or, without
+        any config.yaml, files a run writes (commit markers, which every reader would take for
+        the run's; plan.json, provenance.json, demos.parquet, screen/), which a run would
+        overwrite. Called before the lock file is made, and again under the lock."""
         if self.exists():
-            try:
-                with open(self.config_path, "rb") as f:
-                    ours = f.read(len(CONFIG_HEADER)) == CONFIG_HEADER.encode()
-            except OSError as err:
-                raise _wrap_os_error(err, self.dir) from None
-            if not ours and not self.has_work():
+            if not self.config_is_ours() and not self._has_units():
                 raise StoreError(
-                    f"{self.config_path} was not written by distillscope (a config file of "
-                    "yours?) and the folder holds no run: refusing to overwrite it; give --out "
-                    "a folder of its own")
+                    f"{self.config_path} was not written by this version of distillscope and "
+                    "the folder holds no committed work: refusing to overwrite it. If an "
+                    "earlier distillscope made this folder, delete that config.yaml to start "
+                    "the run anew; otherwise give --out a folder of its own")
             return
-        if self.units_dir.exists() and (not self.units_dir.is_dir()
-                                        or any(self.units_dir.glob("*.done"))):
+        found = [n for n in (PLAN_FILE, "provenance.json", "demos.parquet")
+                 if (self.dir / n).exists()]
+        if self.units_dir.exists() and (not self.units_dir.is_dir() or self._has_units()):
+            found.append("units/ (commit markers)")
+        screen = self.dir / "screen"
+        if screen.exists() and (not screen.is_dir() or any(screen.iterdir())):
+            found.append("screen/")
+        if found:
             raise StoreError(
-                f"{self.dir} holds units/ (commit markers) but no config.yaml: it is not a "
-                "distillscope run (or its config.yaml was removed); give --out a folder of its "
-                "own")
+                f"{self.dir} holds {', '.join(found)} but no config.yaml: it is not a "
+                "distillscope run (or its config.yaml was removed), and a run would overwrite "
+                "them; give --out a folder of its own")
 
-    def existing_folders(self) -> set[Path]:
-        """The store's folders that exist now (to pass to `remove_failed_start` later)."""
-        return {f for f in [*(self.tables_dir / n for n in SCHEMAS), self.tables_dir,
-                            self.units_dir, self.dir] if f.is_dir()}
+    def _start_paths(self) -> list[Path]:
+        """What a first invocation may create, deepest first: its files, then its folders."""
+        return [self.config_path, self.dir / PLAN_FILE, self.dir / "provenance.json",
+                self.dir / LOCK_NAME, *(self.tables_dir / n for n in sorted(SCHEMAS)),
+                self.tables_dir, self.units_dir, self.dir]
 
-    def remove_failed_start(self, keep: set[Path]) -> None:
+    def existing_paths(self) -> set[Path]:
+        """What exists now of `_start_paths` and of the folders above the run directory (to
+        pass to `remove_failed_start` later)."""
+        out = {p for p in self._start_paths() if p.exists() or p.is_symlink()}
+        up = self.dir.absolute().parent
+        while not up.exists() and up != up.parent:
+            up = up.parent
+        out.add(up)  # the nearest existing folder above: nothing from there up is touched
+        return out
+
+    def remove_failed_start(self, before: set[Path]) -> None:
         """After a first invocation failed before any work (a model that would not load, a
-        task file not found): remove what it wrote, so that the folder is as the user left it.
-        Only the store's own files go: its config.yaml (with the header), plan.json,
-        provenance.json, the lock file, and the folders it made if they are empty (`keep`:
-        those that existed before, from `existing_folders`); a folder with work stays whole."""
+        task file not found): remove what it created, so that the place is as it was found.
+        Only what is not in `before` (`existing_paths`, taken before the invocation made
+        anything) goes: the store's config.yaml (with the header), plan.json, provenance.json,
+        the lock file (the caller holds it), then the folders it made, if empty, up to the
+        nearest one that existed. A folder with committed work stays whole."""
         if not self.dir.is_dir() or self.has_work():
             return
-        with contextlib.suppress(OSError), open(self.config_path, "rb") as f:
-            if f.read(len(CONFIG_HEADER)) == CONFIG_HEADER.encode():
-                self.config_path.unlink()
-        for name in (PLAN_FILE, "provenance.json", LOCK_NAME):
-            (self.dir / name).unlink(missing_ok=True)
-        for folder in [*(self.tables_dir / n for n in sorted(SCHEMAS)), self.tables_dir,
-                       self.units_dir, self.dir]:
-            if folder not in keep:
+        for p in self._start_paths()[:4]:
+            if p not in before and (p != self.config_path or self.config_is_ours()):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        folders = self._start_paths()[4:]
+        up = self.dir.absolute().parent
+        while up not in before and up != up.parent:
+            folders.append(up)
+            up = up.parent
+        for folder in folders:
+            if folder not in before:
                 with contextlib.suppress(OSError):
                     folder.rmdir()  # only when empty
 

@@ -250,14 +250,15 @@ def test_out_holding_a_config_of_the_user_s_or_stray_units_is_refused_untouched(
     (proj / "config.yaml").write_text(mine)
     res = invoke("run", proj / "config.yaml", "--out", proj)
     assert res.exit_code == 2, res.output
-    assert "was not written by distillscope" in res.output
+    assert "was not written by this version of distillscope" in res.output
     assert (proj / "config.yaml").read_text() == mine and sorted(os.listdir(proj)) == [
         "config.yaml"]
     stray = tmp_path / "stray"
     (stray / "units").mkdir(parents=True)
     (stray / "units" / "x.done").write_text("mine")
     res = invoke("run", small, "--out", stray)
-    assert res.exit_code == 2 and "holds units/ (commit markers) but no config.yaml" in res.output
+    assert res.exit_code == 2 and "holds units/ (commit markers) but no config.yaml" in \
+        " ".join(res.output.split())
     assert sorted(os.listdir(stray)) == ["units"]
     # a run whose config.yaml predates the header line, with work in it, still resumes
     old = tmp_path / "old"
@@ -282,3 +283,45 @@ def test_a_configured_teacher_without_scores_is_told_apart_from_a_typo(reference
         " ".join(res.output.split())
     res = invoke("export-weights", run, "--teacher", "nope", "--out", tmp_path / "w.jsonl")
     assert res.exit_code == 2 and "unknown teacher 'nope'" in res.output
+
+
+def test_a_failed_first_start_removes_only_what_it_made(small, tmp_path):
+    """Files of the user's that a run would write (plan.json, provenance.json, screen/) are
+    refused up front, beside a user's config.yaml too; the folders made for a nested OUT go
+    again; and a start refused because another process holds the lock removes nothing."""
+    import subprocess
+    import sys
+
+    bad = ["--set", "teachers.0.model.options.tilt=sideways"]  # fails when the model loads
+    for name in ("plan.json", "provenance.json"):
+        u = tmp_path / f"u-{name}"
+        u.mkdir()
+        (u / name).write_text("mine")
+        res = invoke("run", small, "--out", u, *bad)
+        assert res.exit_code == 2 and f"holds {name} but no config.yaml" in res.output
+        assert os.listdir(u) == [name] and (u / name).read_text() == "mine"
+    proj = tmp_path / "proj"
+    (proj / "screen").mkdir(parents=True)
+    (proj / "screen" / "shot.png").write_text("png")
+    (proj / "config.yaml").write_text("# mine\n" + small.read_text())
+    for extra in ([], ["--force"]):
+        res = invoke("run", proj / "config.yaml", "--out", proj, *extra)
+        assert res.exit_code == 2 and "was not written by this version" in res.output
+    assert (proj / "config.yaml").read_text().startswith("# mine")
+    nested = tmp_path / "a" / "b" / "c"
+    res = invoke("run", small, "--out", nested, *bad)
+    assert res.exit_code == 2 and not (tmp_path / "a").exists()
+    held = tmp_path / "held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from distillscope.store import run_lock; "
+         "lock = run_lock(sys.argv[1]); lock.__enter__(); print('held', flush=True); "
+         "time.sleep(120)",
+         str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = invoke("run", small, "--out", held)
+        assert res.exit_code == 2 and "in use" in res.output, res.output
+        assert os.listdir(held) == [".lock"]  # the holder's lock file is still there
+    finally:
+        holder.kill()
+        holder.wait()
