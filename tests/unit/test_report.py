@@ -6,6 +6,7 @@ import io
 import json
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -318,3 +319,52 @@ def test_a_user_file_in_a_killed_report_build_goes_back(run_dir, tmp_path):
     write_report(run, n_boot=50, n_perm=50)
     assert (folder / "notes.txt").read_text() == "mine"
     assert not (folder / "half.csv").exists() and not dead.exists()
+
+
+def test_a_first_report_into_a_folder_of_the_user_s_keeps_everything(run_dir, tmp_path):
+    """No manifest and no earlier report there: nothing is taken for the tool's, even files
+    named like a report's tables and figures; only a report of an earlier version (page and
+    summary, no manifest) has its report-named files replaced."""
+    import shutil
+
+    from distillscope.report.outdir import MANIFEST
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    mine = {"tables/mine.md": "m", "figures/plot.png": "p", "tables/extra.csv": "c"}
+    for rel, text in mine.items():
+        (run / "report" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / "report" / rel).write_text(text)
+    folder = write_report(run, n_boot=50, n_perm=50).parent
+    assert {rel: (folder / rel).read_text() for rel in mine} == mine
+    (folder / MANIFEST).unlink()  # now it looks like an earlier version's report
+    write_report(run, n_boot=50, n_perm=50)
+    assert not (folder / "tables" / "mine.md").exists()  # report-named: taken for its own
+
+
+def test_a_failed_swap_puts_the_user_s_entries_back(run_dir, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from distillscope.report import outdir
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    folder = write_report(run, n_boot=50, n_perm=50).parent
+    (folder / "a_mine.txt").write_text("a")
+    (folder / "b_dir").mkdir()
+    (folder / "b_dir" / "f.txt").write_text("b")
+    real = os.replace
+    calls = []
+
+    def flaky(src, dst):  # os.replace everywhere: count only the moves out of the folder
+        if Path(src).parent in (folder, folder / "b_dir"):
+            calls.append(src)
+            if len(calls) == 2:  # the second user entry moved across
+                raise PermissionError(13, "Permission denied")
+        return real(src, dst)
+
+    monkeypatch.setattr(outdir.os, "replace", flaky)
+    with pytest.raises(Exception, match="Permission denied|cannot write"):
+        write_report(run, n_boot=50, n_perm=50)
+    assert (folder / "a_mine.txt").read_text() == "a"
+    assert (folder / "b_dir" / "f.txt").read_text() == "b"
+    assert (folder / "report.html").is_file() and len(calls) == 2  # it failed in the swap

@@ -232,8 +232,13 @@ def write_report(
     final = Path(out_dir) if out_dir is not None else run.run_dir / default
     write_folder(final, lambda out: _build(run, out, seed, method, n_boot, n_perm,
                                            max_depth_paths, min_sr_range),
-                 what="report", tool_file=_is_report_file)
+                 what="report", tool_file=_is_report_file, looks_ours=_looks_like_report)
     return final / "report.html"
+
+
+def _looks_like_report(folder: Path) -> bool:
+    """Whether `folder` is a report of an earlier version (no manifest): its page and summary."""
+    return (folder / "report.html").is_file() and (folder / "summary.json").is_file()
 
 
 def _is_report_file(rel: Path) -> bool:

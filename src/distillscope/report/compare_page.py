@@ -168,7 +168,8 @@ def write_compare(
         _build(settings, folder, seed=seed, n_boot=n_boot, n_perm=n_perm, method=method,
                min_sr_range=min_sr_range, min_questions=min_questions)
 
-    write_folder(out, build, what="compare", tool_file=_is_compare_file)
+    write_folder(out, build, what="compare", tool_file=_is_compare_file,
+                 looks_ours=is_compare_output)
     return out / "compare.html"
 
 

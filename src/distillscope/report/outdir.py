@@ -54,19 +54,25 @@ def written_files(folder: Path) -> set[Path] | None:
         return None
 
 
-def _users(folder: Path, tool_file: Callable[[Path], bool]) -> list[Path]:
-    """The entries of `folder` the tool did not write: not in its manifest (without one, not
-    named like the command's files)."""
+def _users(folder: Path, tool_file: Callable[[Path], bool] | None) -> list[Path]:
+    """The entries of `folder` the tool did not write: not in its manifest; without one, not
+    named like the command's files (`tool_file`), or all of them when `tool_file` is None."""
     written = written_files(folder)
+    if written is None and tool_file is None:
+        return sorted(entries(folder))
     return sorted(rel for rel in entries(folder)
                   if not (rel in written if written is not None else tool_file(rel)))
 
 
 def write_folder(final: str | Path, build: Callable[[Path], object], *, what: str,
-                 tool_file: Callable[[Path], bool]) -> None:
+                 tool_file: Callable[[Path], bool],
+                 looks_ours: Callable[[Path], bool]) -> None:
     """Run `build(folder)` on a fresh temporary folder beside `final`, then swap it in (a
-    symbolic link to a folder stays a link to the new one). Disk full, a read-only place or a
-    path through a file: StoreError naming `final`."""
+    symbolic link to a folder stays a link to the new one). `tool_file(rel)`: whether the
+    command writes a file of that name; it decides what the tool wrote in a folder without
+    a manifest only when `looks_ours(folder)` says the folder is the command's output (of an
+    earlier version); otherwise every entry there is the user's. Disk full, a read-only place
+    or a path through a file: StoreError naming `final`."""
     from distillscope.store import acquire_lock, release_lock
 
     final = Path(final).resolve()
@@ -86,7 +92,8 @@ def write_folder(final: str | Path, build: Callable[[Path], object], *, what: st
                 shutil.rmtree(tmp)
             tmp.mkdir()
             build(tmp)
-            _swap_in(tmp, final, what, tool_file)
+            legacy = final.is_dir() and written_files(final) is None and looks_ours(final)
+            _swap_in(tmp, final, what, tool_file if legacy else None)
         except OSError as err:
             raise _store_error(err, final, what) from None
         finally:
@@ -121,9 +128,11 @@ def _store_error(err: OSError, final: Path, what: str) -> StoreError:
     return StoreError(f"I/O error writing the {what} {final}: {err}")
 
 
-def _swap_in(new: Path, final: Path, what: str, tool_file: Callable[[Path], bool]) -> None:
+def _swap_in(new: Path, final: Path, what: str,
+             tool_file: Callable[[Path], bool] | None) -> None:
     """Replace `final` (absent or a folder) by the complete folder `new`: its manifest first,
-    then what the old folder holds that the tool did not write is moved across."""
+    then what the old folder holds that the tool did not write (`_users`) is moved across.
+    Should a move or the swap fail (or be interrupted), what was moved goes back first."""
     from distillscope.store import _fsync_dir
 
     ours = entries(new)
@@ -136,14 +145,27 @@ def _swap_in(new: Path, final: Path, what: str, tool_file: Callable[[Path], bool
             raise StoreError(f"{final / clash[0]} is in the way of a file the {what} writes "
                              f"(the tool did not write it): move it away and run "
                              f"'distillscope {what}' again")
-        for rel in keep:
-            (new / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(final / rel, new / rel)
         old = final.parent / f"{build_prefix(what)}{os.getpid()}-{final.name}-old"
         if old.exists():
             shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(new, final)
+        moved: list[Path] = []
+        try:
+            for rel in keep:
+                (new / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(final / rel, new / rel)
+                moved.append(rel)
+            os.replace(final, old)
+            try:
+                os.replace(new, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+        except BaseException:
+            for rel in reversed(moved):  # the user's entries go back where they were
+                with contextlib.suppress(OSError):
+                    (final / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(new / rel, final / rel)
+            raise
         shutil.rmtree(old, ignore_errors=True)  # the tool's own files only
     elif final.exists() or final.is_symlink():
         raise StoreError(f"{final} exists and is not a directory; move it away to write the "
