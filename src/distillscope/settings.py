@@ -78,18 +78,43 @@ def check_labels(labels: Sequence[str], n_runs: int) -> list[str]:
     return list(labels)
 
 
+def _definition(teacher: dict) -> str:
+    """What makes a stored teacher the teacher it is, as a comparable string: its mode and,
+    for its model and source, the weights, dtype, prompt settings and the options that change
+    the distribution (`options.RUNTIME_OPTIONS` left out; hf and vllm run the same weights).
+    A definition that no longer validates is compared as stored."""
+    from distillscope.config import ModelSpec, TeacherSpec
+    from distillscope.models.options import RUNTIME_OPTIONS
+
+    try:
+        spec = TeacherSpec.model_validate(teacher)
+    except ValueError:
+        return json.dumps(teacher, sort_keys=True, default=str)
+
+    def model(m: ModelSpec | None) -> dict | None:
+        if m is None:
+            return None
+        return {"model": m.model, "dtype": m.dtype, "system_prompt": m.system_prompt,
+                "enable_thinking": m.enable_thinking, "toy": m.backend == "toy",
+                "options": {k: v for k, v in sorted(m.options.items())
+                            if k not in RUNTIME_OPTIONS[m.backend]}}
+
+    return json.dumps({"mode": spec.mode, "model": model(spec.model),
+                       "source": model(spec.source)}, sort_keys=True, default=str)
+
+
 def teacher_conflicts(settings: Sequence[Setting]) -> dict[str, str]:
     """Teacher names that mean different teachers in different settings (another mode, model
-    or source in the runs' configs), each with a sentence saying where: `compare` pairs
-    teachers by name, so such a row mixes two teachers. A self-* teacher is the same
-    definition in every run (its model is each run's student, which is the setting)."""
+    or source in the runs' configs: `_definition`), each with a sentence saying where:
+    `compare` pairs teachers by name, so such a row mixes two teachers. A self-* teacher is
+    the same definition in every run (its model is each run's student, which is the
+    setting); a device or a runtime option does not make another teacher."""
     defs: dict[str, dict[str, list[str]]] = {}
     for s in settings:
         for t in s.config.get("teachers") or []:
             if isinstance(t, dict) and "name" in t:
-                key = json.dumps({k: v for k, v in t.items() if k != "name"}, sort_keys=True,
-                                 default=str)
-                defs.setdefault(str(t["name"]), {}).setdefault(key, []).append(s.label)
+                defs.setdefault(str(t["name"]), {}).setdefault(_definition(t), []).append(
+                    s.label)
     out = {}
     for name, groups in sorted(defs.items()):
         if len(groups) > 1:

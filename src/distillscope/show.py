@@ -109,8 +109,9 @@ def default_teacher(run_dir: str | Path, method: str = "gkd",
         if not run.scored_teachers:
             raise ValueError(f"{run_dir}: no teacher has been scored")
         return run.scored_teachers[0]  # scored, but without a decision point
-    means = df.groupby(["teacher", "qid"])["align"].mean().groupby("teacher").mean()
-    return str(means.sort_index().idxmax())
+    from distillscope.analysis import teacher_ranking
+
+    return str(teacher_ranking(df, method, n_boot=1).iloc[0]["teacher"])  # the report's rank 1
 
 
 def resolve_question(run: Run, qid: str | int) -> str:

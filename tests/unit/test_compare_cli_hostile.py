@@ -239,3 +239,24 @@ def test_a_teacher_name_meaning_two_teachers_is_named(tmp_path):
     assert set(k for k in summary if k.startswith("teacher/")) == {"teacher/helpful/differs"}
     assert "Same name, different teacher: helpful" in (tmp_path / "o" / "compare.html").read_text(
         encoding="utf-8")
+
+
+def test_a_device_or_runtime_option_does_not_make_another_teacher():
+    from distillscope.settings import Setting, teacher_conflicts
+
+    base = {"name": "big", "mode": "external",
+            "model": {"backend": "hf", "model": "Qwen/Qwen3-8B", "device": "cuda:0",
+                      "options": {"max_batch_samples": 64}}}
+    same = {"name": "big", "mode": "external",  # another device, runtime options, vllm
+            "model": {"backend": "vllm", "model": "Qwen/Qwen3-8B", "device": "auto",
+                      "options": {"kv_cache_gib": 4}}}
+    other = {"name": "big", "mode": "external",
+             "model": {"backend": "hf", "model": "Qwen/Qwen3-8B",
+                       "options": {"matmul_dtype": "bfloat16"}}}  # other numbers
+
+    def setting(label, *teachers):
+        return Setting(label, Path(label), None, config={"teachers": list(teachers)})
+
+    assert teacher_conflicts([setting("A", base), setting("B", same)]) == {}
+    found = teacher_conflicts([setting("A", base), setting("B", same), setting("C", other)])
+    assert list(found) == ["big"] and "A, B; C" in found["big"]

@@ -78,6 +78,18 @@ TOY: dict[str, str] = {
 OPTIONS_BY_BACKEND: dict[str, dict[str, str]] = {"hf": HF, "vllm": VLLM, "openai": OPENAI,
                                                  "toy": TOY}
 
+# Options that change how a model runs (where, how fast, with which kernels), not the
+# distribution it gives: two specs that differ only in these are the same model.
+# (matmul_dtype and topk do change the numbers; served_model names the model.)
+RUNTIME_OPTIONS: dict[str, frozenset[str]] = {
+    "hf": frozenset({"cache_dir", "max_context", "max_batch_samples", "cascade", "cuda_graphs",
+                     "runner", "attention", "attn_implementation"}),
+    "vllm": frozenset(VLLM),
+    "openai": frozenset({"base_url", "timeout", "retries", "backoff", "self_test",
+                         "replica_tol", "cache_dir"}),
+    "toy": frozenset(),
+}
+
 
 def unknown_options(backend: str, options: Mapping[str, Any]) -> str | None:
     """None when every name in `options` is an option of `backend`; else the message, which

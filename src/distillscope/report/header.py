@@ -45,17 +45,17 @@ def incomplete_note(store: Any) -> str | None:
     whose scores (phase 2) are missing; first of all, units begun but not committed (parts
     without a marker: `RunStore.uncommitted_units`). A run directory from before plan.json, or
     one whose first invocation has not finished (no provenance.json), says what it can."""
-    try:
-        plan = store.read_json(PLAN_FILE).get("qids")
-    except StoreError as err:  # the tables are still sound (markers); only the count is lost
-        return (f"perhaps: its question list cannot be read, so a stopped run cannot be told "
-                f"from a finished one ({err})")
     done = store.done_units()
     if open_units := store.uncommitted_units():
         shown = ", ".join(open_units[:3]) + (", ..." if len(open_units) > 3 else "")
         return (f"{len(open_units)} unit(s) have tables on disk but no commit marker ({shown}): "
                 "an invocation stopped inside them, or their markers were removed; the tables "
                 "leave them out. Rerun the command that made it to finish it")
+    try:
+        plan = store.read_json(PLAN_FILE).get("qids")
+    except StoreError as err:  # the tables are still sound (markers); only the count is lost
+        return (f"perhaps: its question list cannot be read, so a stopped run cannot be told "
+                f"from a finished one ({err})")
     if not isinstance(plan, list) or not plan:
         if done and not store.read_json("provenance.json"):
             return ("no invocation of this run has finished: the tables hold what was committed "
