@@ -229,10 +229,12 @@ def test_export_error_after_reading_the_run_leaves_the_earlier_export(run_dir, t
                     "nobody")
     assert out.read_bytes() == before
 
-    def disk_full(path, data):  # atomic_write_bytes removes its temp file, then raises
+    import distillscope.storefiles as storefiles
+
+    def disk_full(fd):  # the real write: its temp file is on disk when the fsync fails
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export, "atomic_write_bytes", disk_full)
+    monkeypatch.setattr(storefiles.os, "fsync", disk_full)
     _one_line_error(invoke("export-weights", run_dir, "--teacher", "self-1c", "--out", out,
                            "--fill", "0"), str(out), "No space left on device")
     assert out.read_bytes() == before
