@@ -54,6 +54,8 @@ from distillscope.cliutil import (  # noqa: F401  (shared with the commands belo
     _warn_truncated,
     _write_report,
     console,
+    first_start,
+    keep_config_on_failure,
 )
 from distillscope.config import (
     TEACHER_MODES,
@@ -177,6 +179,10 @@ def score(
         store = RunStore(run_path)
         cfg = store.load_config()
         known = {t.name: t for t in cfg.teachers}
+        alike = [n for n in known if n.lower() == teacher.lower() and n != teacher]
+        if alike:
+            raise ConfigError(f"--teacher '{teacher}': {run_path} has teacher '{alike[0]}'; "
+                              "teacher names must differ in more than letter case")
         if teacher not in known:
             if mode is None:
                 raise ConfigError(f"teacher '{teacher}' is not in {run_path}; give --mode "
@@ -187,7 +193,9 @@ def score(
         elif mode is not None or model is not None:
             # a name already in the run means that teacher: another mode or model is refused
             have = known[teacher]
-            asked = _teacher_spec(teacher, mode or have.mode, model, backend)
+            asked = _teacher_spec(teacher, mode or have.mode, model, backend,
+                                  source if (mode or have.mode) == "self-1c-src" else None,
+                                  source_backend)
             same_model = model is None or (have.model is not None and asked.model is not None
                                            and (have.model.model, have.model.backend)
                                            == (asked.model.model, asked.model.backend))
@@ -203,13 +211,15 @@ def score(
         n_before = store.count_rows("rollouts")
         regrown = int(before[1].get("questions_regrown", 0))
         own = before[1].get("enrichment", {}).get(teacher) == "own"
-        if rollouts and not (already and own):
-            pipeline.run(cfg, run_path, reporter=_reporter(), enrich=[teacher])
-        elif rollouts:
-            pipeline.run(cfg, run_path, reporter=_reporter())  # resume only: nothing to enrich
-        else:
-            pipeline.run(cfg, run_path, reporter=_reporter(), teachers_only=[teacher],
-                         no_new_rollouts=True)
+        with keep_config_on_failure(store, teacher) if teacher not in known \
+                else contextlib.nullcontext():
+            if rollouts and not (already and own):
+                pipeline.run(cfg, run_path, reporter=_reporter(), enrich=[teacher])
+            elif rollouts:
+                pipeline.run(cfg, run_path, reporter=_reporter())  # resume: nothing to enrich
+            else:
+                pipeline.run(cfg, run_path, reporter=_reporter(), teachers_only=[teacher],
+                             no_new_rollouts=True)
         after = _state(run_path)
         new = RunStore(run_path).count_rows("rollouts") - n_before
         if already and after[0] == before[0]:
@@ -242,12 +252,11 @@ def screen(
 
     Prints the tables and writes them to OUT/screen/ as CSV and Markdown."""
     from distillscope.pipeline import screen_run
-    from distillscope.store import run_lock
 
     cfg = _load(config, set_)
     out_dir = _path(out, "--out")
     _check_out(out_dir)
-    with run_lock(out_dir, wait=wait):
+    with first_start(out_dir, wait=wait):
         stored = _stored_config(out_dir)
         _check_remote_code([cfg] + ([stored] if stored else []), trust_remote_code,
                            "the configuration")

@@ -6,6 +6,7 @@ Library code never prints or reads argv; this module and `cli.py` do both.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -103,6 +104,9 @@ def _path(value: str, what: str) -> Path:
     """A path option or argument; an empty one is an error (Path('') would be the CWD)."""
     if not str(value).strip():
         raise ConfigError(f"{what} is empty: give a directory")
+    if str(value).startswith("~"):  # a quoted ~ reaches us as is; some readers expand it
+        raise ConfigError(f"{what} {value} starts with '~', which the shell did not expand "
+                          "(was it quoted?): give the path itself, e.g. $HOME/...")
     return Path(value)
 
 
@@ -333,36 +337,52 @@ def _stored_config(out: Path) -> Optional[RunConfig]:
 def _run(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool = True,
          ray: Optional[str] = None, wait: bool = False,
          trust_remote_code: bool = False, models: Optional[dict] = None) -> Optional[Path]:
-    from distillscope.store import RunStore
-
     _check_out(out)
     # the new configuration, or an OUT that is not a run, is refused before the lock creates
     # OUT (and OUT/.lock)
     _check_remote_code([config], trust_remote_code, "the configuration")
+    with first_start(out, wait=wait):
+        return _run_body(config, out, force=force, report=report, score=score, ray=ray,
+                         trust_remote_code=trust_remote_code, models=models)
+
+
+@contextlib.contextmanager
+def first_start(out: Path, *, wait: bool = False):
+    """Hold OUT's lock for a command that makes or resumes a run (run, rollout, screen). OUT
+    must be new or a run (`RunStore.check_is_a_run_or_new`, before the lock file is made); a
+    first invocation that fails before any work removes, under the lock, what it created."""
+    from distillscope.store import RunStore, run_lock
+
     store = RunStore(out)
     store.check_is_a_run_or_new()
     before = store.existing_paths() if not store.exists() else None
-    return _run_locked(config, out, force=force, report=report, score=score, ray=ray,
-                       wait=wait, trust_remote_code=trust_remote_code, models=models,
-                       before=before)
-
-
-def _run_locked(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool,
-                ray: Optional[str], wait: bool, trust_remote_code: bool,
-                models: Optional[dict], before: Optional[set]) -> Optional[Path]:
-    from distillscope.store import RunStore, run_lock
-
     with run_lock(out, wait=wait):
-        store = RunStore(out)
         if before is not None and store.exists():
             before = None  # another invocation made the run meanwhile: not ours to undo
         try:
-            return _run_body(config, out, force=force, report=report, score=score, ray=ray,
-                             trust_remote_code=trust_remote_code, models=models)
+            yield
         except BaseException:
-            if before is not None:  # a first invocation that failed before any work leaves
-                store.remove_failed_start(before)  # the place as it found it (lock held)
+            if before is not None:
+                store.remove_failed_start(before)
             raise
+
+
+@contextlib.contextmanager
+def keep_config_on_failure(store: Any, teacher: str):
+    """`score` with a new teacher: should it fail before any of the teacher's work is
+    committed (its model does not load, the tree is unfinished), the run's config.yaml is put
+    back as it was, so the teacher is not left in the run under a name it never earned."""
+    from distillscope.store import atomic_write_bytes
+
+    before = store.config_path.read_bytes()
+    try:
+        yield
+    except BaseException:
+        mine = (f"/c-score-{teacher}", f"/y-grown-{teacher}", f"/b-tgt+{teacher}/")
+        if not any(m in u for u in store.done_units() for m in mine):
+            with contextlib.suppress(OSError):
+                atomic_write_bytes(store.config_path, before)
+        raise
 
 
 def _run_body(config: RunConfig, out: Path, *, force: bool, report: bool, score: bool,

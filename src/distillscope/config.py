@@ -153,7 +153,8 @@ class TaskSpec(_Strict):
 class SamplingConfig(_Strict):
     temperature: Num = Field(1.0, gt=0)
     top_p: Num = Field(1.0, gt=0, le=1)
-    max_new_tokens: Int = Field(512, ge=1)
+    max_new_tokens: Int = Field(512, ge=1, le=1 << 20,
+                                description="Longest response in tokens (at most 2^20).")
     stop_strings: list[str] = Field(default_factory=list)
     batch_groups: Int = Field(8, ge=1, description=(
         "Sampling groups batched per model call. Targeted rollouts are allocated one call at a "
@@ -328,13 +329,38 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: invalid configuration: {_format_error(err)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
+    last one silently: `seed: 0` ... `seed: 5` would run seed 5). Merge keys (<<) still work."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base loader refuses an unhashable key with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML file (safe_load only) and validate it. `overrides` are dotted keys."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory: give a YAML file (presets in "
+                          "configs/)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     except UnicodeDecodeError as err:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -304,6 +305,48 @@ def test_a_teacher_left_out_of_a_resumed_config_is_kept_and_said(toy_run, tmp_pa
     assert res.exit_code == 0, res.output
     assert "teacher(s) helpful of" in " ".join(res.output.split())
     assert [t.name for t in load_config(run / "config.yaml").teachers] == ["helpful", "harmful"]
+
+
+def test_a_failed_score_leaves_the_run_s_config_as_it_was(toy_run, tmp_path):
+    import shutil
+
+    run = shutil.copytree(toy_run[0], tmp_path / "run")
+    before = (run / "config.yaml").read_bytes()
+    res = invoke("score", run, "--teacher", "hfx", "--mode", "external", "--model",
+                 tmp_path / "no-such-model", "--backend", "hf", "--no-report")
+    assert res.exit_code == 2, res.output
+    assert (run / "config.yaml").read_bytes() == before  # hfx is not left in the run
+    res = invoke("score", run, "--teacher", "Helpful", "--mode", "self-1c", "--no-report")
+    assert res.exit_code == 2 and "differ in more than letter case" in res.output
+    assert (run / "config.yaml").read_bytes() == before
+
+
+def test_more_bad_input_is_one_line_before_out_exists(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(TOY.read_text() + "seed: 5\n")  # toy.yaml sets seed already
+    cases = [(dup, [], "the key 'seed' is given twice"),
+             (ROOT / "configs", [], "is a directory"),
+             (TOY, ["--set", "sampling.max_new_tokens=10000000000"], "less than or equal to"),
+             (TOY, [], "starts with '~'")]
+    for config, extra, said in cases:
+        out = "~/out" if said.startswith("starts") else tmp_path / "r"
+        res = invoke("run", config, "--out", out, *extra)
+        assert res.exit_code == 2 and said in res.output, (said, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+        assert not (tmp_path / "r").exists() and not Path("~").exists()
+
+
+def test_screen_keeps_run_s_promises_about_out(tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "config.yaml").write_text("my: config\n")
+    res = invoke("screen", TOY, "--out", own)
+    assert res.exit_code == 2 and "was not written by this version" in res.output
+    assert os.listdir(own) == ["config.yaml"]  # no lock file left either
+    bad = tmp_path / "bad"
+    res = invoke("screen", TOY, "--out", bad, "--set", "task.name=custom", "--set",
+                 f"task.path={tmp_path / 'none.jsonl'}", "--set", "task.verifier=yesno")
+    assert res.exit_code == 2 and not bad.exists()
 
 
 def test_work_found_done_leaves_the_rate_and_the_total():
