@@ -325,3 +325,26 @@ def test_a_failed_first_start_removes_only_what_it_made(small, tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_teacher_scored_without_any_decision_point_is_said_so(reference, tmp_path):
+    """Scored everywhere, but no row: export-weights says so, not that the run stopped."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    for part in (run / "tables" / "nodes").glob("*c-score-helpful.parquet"):
+        table = pq.read_table(part)
+        pq.write_table(table.slice(0, 0), part)  # no decision point (markers now mismatch)
+    for marker in (run / "units").glob("*c-score-helpful.done"):
+        data = json.loads(marker.read_text())
+        nodes = run / "tables" / "nodes" / marker.name.replace(".done", ".parquet")
+        data["parts"]["nodes"]["size"] = nodes.stat().st_size
+        data["parts"]["nodes"]["sha256"] = hashlib.sha256(nodes.read_bytes()).hexdigest()
+        marker.write_text(json.dumps(data))
+    res = invoke("export-weights", run, "--teacher", "helpful", "--out", tmp_path / "w.jsonl")
+    assert res.exit_code == 2, res.output
+    assert "teacher 'helpful' was scored but has no decision point" in " ".join(
+        res.output.split())

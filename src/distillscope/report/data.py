@@ -58,6 +58,14 @@ class Run:
         teacher of the configuration that has no scores yet is told apart from a typo."""
         configured = [str(t.get("name")) for t in self.config.get("teachers") or []
                       if isinstance(t, dict)]
+        from distillscope.store import RunStore
+
+        scored_units = any(u.endswith(f"/c-score-{teacher}")
+                           for u in RunStore(self.run_dir).done_units())
+        if scored_units:
+            return ValueError(f"teacher {teacher!r} was scored but has no decision point in "
+                              "this run (no representative path has one: every question "
+                              "excluded, or no node with two children that differ)")
         if teacher in configured:
             return ValueError(f"teacher {teacher!r} is in this run's configuration but has no "
                               "scores yet (the run stopped before scoring it): rerun the "

@@ -86,7 +86,14 @@ def write_folder(final: str | Path, build: Callable[[Path], object], *, what: st
     key = None
     try:
         try:
-            key = acquire_lock(lock, what=what)
+            try:
+                key = acquire_lock(lock, what=what)
+            except StoreError:
+                from distillscope.store import _lock_owner
+
+                raise StoreError(f"another distillscope {what} is writing {final} "
+                                 f"({_lock_owner(lock)}): wait for it to finish, then run "
+                                 "it again") from None
             _remove_stale_builds(final, what, tool_file)
             if tmp.exists():
                 shutil.rmtree(tmp)
