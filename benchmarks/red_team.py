@@ -190,7 +190,7 @@ def c_config_a_list(ctx):
 
 @case("config")
 def c_config_is_a_directory(ctx):
-    return error(ctx.cli("run", ctx.work, "--out", ctx.work / "r"), "not found")
+    return error(ctx.cli("run", ctx.work, "--out", ctx.work / "r"), "is a directory")
 
 
 @case("config")

@@ -329,6 +329,24 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         raise ConfigError(f"{source}: invalid configuration: {_format_error(err)}") from None
 
 
+def flat_fields(data: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {"dotted.key": leaf value}."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(flat_fields(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def config_changes(old: RunConfig, new: RunConfig) -> list[str]:
+    """The dotted fields in which `new` differs from `old`, teachers and name left out (what
+    a run's fingerprint covers, and a little more)."""
+    a, b = (flat_fields(c.model_dump(mode="json", exclude={"teachers", "name"}))
+            for c in (old, new))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml's safe loader, refusing a key given twice in one mapping (plain YAML keeps the
     last one silently: `seed: 0` ... `seed: 5` would run seed 5). Merge keys (<<) still work."""

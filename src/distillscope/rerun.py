@@ -6,9 +6,7 @@ docs/architecture.md#forced-reruns-and-edited-questions.
 
 from __future__ import annotations
 
-from typing import Any
-
-from distillscope.config import RunConfig
+from distillscope.config import RunConfig, config_changes
 from distillscope.runtime import Runtime
 from distillscope.store import RunStore, StoreError
 
@@ -24,24 +22,13 @@ FORCE_REDO = {"scoring.restrict": ["/c-"], "scoring.topk_overlap": ["/c-"],
               "scoring.chunk_size": ["/c-"], "tree.n_sig": ["/z-children", "/c-"]}
 
 
-def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for k, v in data.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: data}
-
-
 def forced_changes(store: RunStore, config: RunConfig) -> list[str]:
     """`--force` on a run with work: the units to redo for the fields that changed, or a
     StoreError naming the fields a forced rerun cannot change without lying (the stored
     rollouts were made under the old values)."""
     if not store.exists() or not store.has_work():
         return []
-    old, new = (_flat(c.model_dump(mode="json", exclude={"teachers", "name"}))
-                for c in (store.load_config(), config))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    changed = config_changes(store.load_config(), config)
     bad = [k for k in changed if k not in FORCE_REDO and not k.startswith("task.")]
     if "tree.n_sig" in changed and config.tree.budget != "fixed":
         bad.append("tree.n_sig (with tree.budget: adaptive, it steers the rollouts)")

@@ -136,10 +136,16 @@ class RunStore:
             stored = self.load_config()
             fresh = not self.has_work()
             if stored.fingerprint() != config.fingerprint() and not (force or fresh):
+                from distillscope.config import config_changes
+
+                changed = config_changes(stored, config)
+                shown = ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "")
+                what = (f"{shown} differ" if shown else f"tree fingerprint "
+                        f"{stored.fingerprint()} vs {config.fingerprint()}")
                 raise StoreError(
-                    f"{self.dir} holds a run from a different configuration (tree fingerprint "
-                    f"{stored.fingerprint()} vs {config.fingerprint()}); refusing to mix results. "
-                    f"Use another --out, or --force to overwrite the configuration."
+                    f"{self.dir} holds a run from a different configuration ({what}); "
+                    "refusing to mix results. Use another --out (--force applies only "
+                    "scoring.*, tree.n_sig and task fields that keep the questions)"
                 )
             known = {t.name: t for t in stored.teachers}
             if not fresh:

@@ -54,8 +54,8 @@ def test_config_mismatch_is_refused_unless_forced(tmp_path):
     b = parse_config({"tree": {"G": 11}})
     RunStore(tmp_path).open_for(a)
     RunStore(tmp_path).commit("q00000/a-init", {"rollouts": _rows("a", 1)})
-    with pytest.raises(StoreError, match="different configuration"):
-        RunStore(tmp_path).open_for(b)
+    with pytest.raises(StoreError, match=r"different configuration \(tree\.G differ\)"):
+        RunStore(tmp_path).open_for(b)  # the field is named
     assert RunStore(tmp_path).open_for(b, force=True).tree.G == 11
 
 
