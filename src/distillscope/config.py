@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     ValidationError,
     field_validator,
@@ -46,6 +47,7 @@ def _not_bool(v: Any) -> Any:
 # Counts are strict integers (YAML `G: true` or `G: 2.5` is an error, not 1 or 2); numbers
 # accept ints and floats, but not booleans, NaN or infinity.
 Int = StrictInt
+Bool = StrictBool  # true/false only: "yes", 1 or "on" given as a value are refused
 Num = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
 
 # A teacher's name becomes part of file names and unit keys, and is a column value next to
@@ -84,8 +86,8 @@ class ModelSpec(_Strict):
         "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N (or mps).")
-    trust_remote_code: bool = Field(False, description="Run code shipped with the checkpoint.")
-    enable_thinking: bool = Field(True, description="Qwen3 chat templates: thinking mode.")
+    trust_remote_code: Bool = Field(False, description="Run code shipped with the checkpoint.")
+    enable_thinking: Bool = Field(True, description="Qwen3 chat templates: thinking mode.")
     system_prompt: str | None = Field(
         "You are a helpful assistant.", description="System message; null for none."
     )
@@ -197,7 +199,7 @@ class ContextConfig(_Strict):
 class ScreenConfig(_Strict):
     G: Int = Field(32, ge=1, description="Rollouts per question and variant.")
     temperature: Num = Field(1.0, gt=0)
-    require_all_sources: bool = Field(True, description="Intersection filter (table 7).")
+    require_all_sources: Bool = Field(True, description="Intersection filter (table 7).")
     select: list[Literal["easy", "medium", "hard"]] | None = Field(
         None, description="run: screen first and analyse only the questions in these difficulty "
         "bins (of the student's baseline pass rate); null = analyse every question.",
@@ -238,7 +240,7 @@ class TreeConfig(_Strict):
         None, ge=1, description="adaptive: cap on a child's visits; null = 2 * n_min."
     )
     group_size: Int = Field(100, ge=1, description="Max samples per targeted-rollout group.")
-    exclude_extremely_hard: bool = Field(True, description="Skip questions with pass rate 0.")
+    exclude_extremely_hard: Bool = Field(True, description="Skip questions with pass rate 0.")
 
     @field_validator("estimator", mode="before")
     @classmethod

@@ -66,6 +66,16 @@ def test_model_option_names_are_checked_with_the_config_for_every_model():
                                                              "max_num_seqs": 8}}})
 
 
+@pytest.mark.parametrize("value", ["yes", 1, "on", 0.0])
+def test_switches_take_true_or_false_only(value):
+    with pytest.raises(ConfigError, match=r"tree\.exclude_extremely_hard"):
+        parse_config({"tree": {"exclude_extremely_hard": value}})
+    with pytest.raises(ConfigError, match=r"student\.trust_remote_code"):
+        parse_config({"student": {"trust_remote_code": value}})
+    assert parse_config({"tree": {"exclude_extremely_hard": False}}).tree.exclude_extremely_hard \
+        is False
+
+
 def test_the_light_toy_option_list_is_the_loaders():
     from distillscope.models import toy
     from distillscope.models.options import TOY
