@@ -371,6 +371,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _safe_load_unique(text: str) -> Any:
+    """yaml.safe_load, refusing a key given twice (`_UniqueKeyLoader`)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML file (safe_load only) and validate it. `overrides` are dotted keys."""
     path = Path(path)
@@ -380,7 +389,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        data = _safe_load_unique(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
     except UnicodeDecodeError as err:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from distillscope.config import ModelSpec, load_config
 from distillscope.models.base import ModelError, TokenizerMismatchError
@@ -105,6 +106,9 @@ def test_no_pickle_anywhere_in_the_package():
     # yaml is only ever read with safe_load
     unsafe = [p for p in src.rglob("*.py") if "yaml.load(" in p.read_text()]
     assert unsafe == []
+    from distillscope.config import _UniqueKeyLoader  # the config's own loader: a safe one
+
+    assert issubclass(_UniqueKeyLoader, yaml.SafeLoader)
 
 
 def test_toy_logprobs_are_finite():
