@@ -396,6 +396,8 @@ def test_rollout_then_report_tells_how_to_score(tmp_path):
 def test_markdown_keeps_small_p_values():
     md = to_markdown(pd.DataFrame({"p_perm": [3.2e-6, 0.5, 0.0], "n": [1, 2, 3]}))
     assert "3.20e-06" in md and "0.5000" in md and "| 0.0000 |" in md
+    head = to_markdown(pd.DataFrame({"a|b mean": [1.0]})).splitlines()[0]
+    assert head == "| a\\|b mean |"  # a label's '|' cannot add a column
 
 
 def _captured_figures(monkeypatch) -> list:

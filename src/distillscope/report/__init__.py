@@ -146,7 +146,7 @@ def to_markdown(df: pd.DataFrame) -> str:
             return f"{x:.2e}" if 0 < abs(x) < 5e-4 else f"{x:.4f}"
         return str(x).replace("|", "\\|").replace("\n", " ")
 
-    cols = [str(c) for c in df.columns]
+    cols = [cell(str(c)) for c in df.columns]  # a header (a setting label) is escaped too
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |"
               for row in df.itertuples(index=False)]
