@@ -335,6 +335,20 @@ def test_custom_errors(tmp_path):
                                          fields={"solution": "s"}))
     with pytest.raises(TaskError, match="task.path"):
         get_task("custom").load(TaskSpec(name="custom", verifier="math"))
+    for bad in ({"x": 1}, [1, 2], True):  # never graded against their Python text
+        path = write_jsonl(tmp_path / "m.jsonl", [{"id": "m", "question": "q", "answer": bad}])
+        with pytest.raises(TaskError, match="math verifier takes a string or a number"):
+            get_task("custom").load(TaskSpec(name="custom", path=path, verifier="math"))
+    path = write_jsonl(tmp_path / "n.jsonl", [{"id": "n", "question": "q", "answer": 2.5}])
+    (q,) = get_task("custom").load(TaskSpec(name="custom", path=path, verifier="math"))
+    assert q.answer == "2.5"
+
+
+def test_custom_letter_takes_a_0_based_index(tmp_path):
+    rows = [{"id": "i", "question": "Pick.", "choices": ["a", "b", "c"], "answer": 1}]
+    (q,) = get_task("custom").load(TaskSpec(
+        name="custom", path=write_jsonl(tmp_path / "c.jsonl", rows), verifier="letter"))
+    assert q.answer == "B"
 
 
 def test_quickstart_bundled():

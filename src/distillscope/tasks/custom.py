@@ -11,6 +11,9 @@ Two jobs:
 Custom field roles (`task.fields`, role -> column name; defaults in brackets):
 `id` [id], `question` [question], `answer` [answer], `passage` [passage], `choices` [choices].
 A `passage` is shown before the question; `choices` (a list) are shown as `A) ...` lines.
+Gold answers by verifier: `yesno` a boolean or yes/no text; `letter` a letter or a 0-based
+index into the choices (0 = A); `integer` an integer; `math` a string or a number (a list,
+mapping or boolean is refused, not turned into its Python text).
 """
 
 from __future__ import annotations
@@ -216,6 +219,9 @@ def _gold(verifier: str, answer: Any, meta: Mapping[str, Any], where: str) -> An
             return V.to_int(answer)
     except TaskError as err:
         raise TaskError(f"{where}: {err}") from None
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise TaskError(f"{where}: the {verifier} verifier takes a string or a number as the "
+                        f"answer, got {type(answer).__name__} {answer!r}")
     return str(answer)
 
 
