@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -111,6 +112,9 @@ def _path(value: str, what: str) -> Path:
 
 
 def _check_out(out: Path) -> None:
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"--out {out} is a broken symbolic link (to {os.readlink(out)}): "
+                          "give a directory")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory (a new one, or a run to "
                           "resume)")

@@ -117,6 +117,11 @@ def test_out_pointing_at_a_file(tmp_path):
     f.write_text("x")
     res = invoke("run", TOY, "--out", f)
     assert res.exit_code == 2 and f"--out {f} is a file" in res.output
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "gone")
+    res = invoke("run", TOY, "--out", dangling)
+    assert res.exit_code == 2 and "is a broken symbolic link" in res.output
+    assert dangling.is_symlink() and not (tmp_path / "gone").exists()
 
 
 def test_report_refuses_a_directory_that_is_not_a_run(tmp_path):
