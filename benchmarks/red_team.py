@@ -44,7 +44,7 @@ BAD = ("traceback", "silent", "lost", "unclear")
 @dataclass
 class Case:
     name: str
-    kind: str  # config, set, task, run-dir, damage, concurrency, kill, hostile, output
+    kind: str  # config, set, task, run-dir, damage, concurrency, kill, hostile, output, foreign
     fn: Callable[[Ctx], tuple[str, str]]  # -> (outcome, detail)
 
 
@@ -842,6 +842,125 @@ for _name, _tok in (("bidi-rlo", "\u202e"), ("bidi-isolate", "\u2067"), ("script
                        else None)
     CASES.append(Case(f"hostile-{_name}-report", "hostile", _hostile_html))
     CASES.append(Case(f"hostile-{_name}-show", "hostile", _hostile_show))
+
+
+# ---------------------------------------------------------------------------------------------
+# foreign: files of the user's beside or inside the tool's outputs (never overwritten or
+# deleted), and tables that must not pass a partial or mislabelled run off as whole
+
+
+def kept(outcome: tuple[str, str], files: dict[Path, str]) -> tuple[str, str]:
+    """`outcome`, unless one of the user's `files` no longer holds its text ("lost")."""
+    changed = [str(p) for p, text in files.items()
+               if not p.is_file() or p.read_text(errors="replace") != text]
+    return ("lost", f"overwritten or deleted: {changed}") if changed else outcome
+
+
+@case("foreign")
+def c_export_onto_a_users_file(ctx):
+    mine = write(ctx, "mine.parquet", "precious")
+    res = ctx.cli("export-weights", ctx.reference, "--teacher", "helpful", "--out", mine)
+    return kept(error(res, str(mine), "not an export"), {mine: "precious"})
+
+
+@case("foreign")
+def c_export_over_its_own_earlier_export(ctx):
+    out = ctx.work / "w.jsonl"
+    ctx.cli("export-weights", ctx.reference, "--teacher", "helpful", "--out", out)
+    return success(ctx.cli("export-weights", ctx.reference, "--teacher", "self-1c", "--out",
+                           out, "--fill", "0"))
+
+
+@case("foreign")
+def c_compare_into_a_users_folder(ctx):
+    files = {write(ctx, f"u/{rel}", "mine"): "mine"
+             for rel in ("compare.html", "compare.json", "tables/ranking_gkd.csv")}
+    run = ctx.copy_reference()
+    res = ctx.cli("compare", ctx.reference, run, "--out", ctx.work / "u")
+    return kept(error(res, str(ctx.work / "u"), "earlier comparison"), files)
+
+
+@case("foreign")
+def c_compare_a_run_with_itself(ctx):
+    return error(ctx.cli("compare", ctx.reference, ctx.reference, "--out", ctx.work / "o"),
+                 "given twice")
+
+
+@case("foreign")
+def c_compare_out_inside_a_run(ctx):
+    run = ctx.copy_reference()
+    return error(ctx.cli("compare", ctx.reference, run, "--out", run / "cmp"),
+                 "run directory")
+
+
+@case("foreign")
+def c_run_into_a_folder_holding_the_users_config(ctx):
+    text = "# my experiment\n" + ctx.small.read_text()
+    cfg = write(ctx, "proj/config.yaml", text)
+    res = ctx.cli("run", cfg, "--out", ctx.work / "proj")
+    return kept(error(res, "config.yaml", "not written by this version"), {cfg: text})
+
+
+@case("foreign")
+def c_run_over_a_users_plan_json(ctx):
+    plan = write(ctx, "d/plan.json", "mine")
+    return kept(error(ctx.cli("run", ctx.small, "--out", ctx.work / "d"), "plan.json"),
+                {plan: "mine"})
+
+
+@case("foreign")
+def c_first_report_keeps_report_named_files_of_the_users(ctx):
+    run = ctx.copy_reference()
+    shutil.rmtree(run / "report")
+    files = {write(ctx, "run/report/tables/mine.md", "m"): "m",
+             write(ctx, "run/report/figures/plot.png", "p"): "p"}
+    return kept(success(ctx.cli("report", run)), files)
+
+
+@case("foreign")
+def c_failed_score_leaves_the_config(ctx):
+    run = ctx.copy_reference()
+    before = (run / "config.yaml").read_text()
+    res = ctx.cli("score", run, "--teacher", "big", "--mode", "external", "--model",
+                  ctx.work / "no-such-model", "--backend", "hf", "--no-report")
+    return kept(error(res, "no-such-model"), {run / "config.yaml": before})
+
+
+@case("foreign")
+def c_force_cannot_relabel_a_redefined_teacher(ctx):
+    def harmful(d):
+        d["teachers"][0]["model"]["options"]["tilt"] = "harmful"
+
+    run = ctx.copy_reference()
+    return error(ctx.cli("run", toy_with(ctx, "c.yaml", harmful), "--out", run, "--force"),
+                 "teacher 'helpful'", "defined differently")
+
+
+@case("foreign")
+def c_a_missing_commit_marker_is_named(ctx):
+    run = ctx.copy_reference()
+    (run / "units" / "q00001__c-score-helpful.done").unlink()
+    res = ctx.cli("report", run)
+    said = "no commit marker (q00001/c-score-helpful)" in " ".join(res.output.split())
+    return success(res, lambda: None if said else "the report did not say the run is "
+                   "incomplete (one teacher ranked on fewer questions)")
+
+
+@case("foreign")
+def c_yaml_key_given_twice(ctx):
+    cfg = write(ctx, "dup.yaml", ctx.small.read_text() + "seed: 5\n")
+    return error(ctx.cli("run", cfg, "--out", ctx.work / "r"), "'seed' is given twice")
+
+
+@case("foreign")
+def c_out_with_a_quoted_tilde(ctx):
+    return error(ctx.cli("run", ctx.small, "--out", "~/red-team-out"), "starts with '~'")
+
+
+@case("foreign")
+def c_export_threshold_nan(ctx):
+    return error(ctx.cli("export-weights", ctx.reference, "--teacher", "helpful", "--out",
+                         ctx.work / "w.jsonl", "--threshold", "nan"), "--threshold")
 
 
 # ---------------------------------------------------------------------------------------------
