@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from distillscope.analysis import NODE_KEY, decision_points
 from distillscope.report.data import NO_TEACHER, load_run
 from distillscope.stakes import high_stakes
-from distillscope.store import atomic_write_bytes
+from distillscope.store import atomic_write_bytes, nearest_existing_parent
 
 SCHEMA = pa.schema([
     ("qid", pa.string()), ("path_id", pa.int32()), ("depth", pa.int32()),
@@ -104,11 +104,8 @@ def check_out(out: Path) -> None:
             raise ValueError(f"--out {out} exists and is not an export of distillscope "
                              "export-weights; refusing to overwrite it (give a new file name, "
                              "or move it away)")
-    for folder in out.parents:  # the nearest existing folder above it must be a directory
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                raise ValueError(f"--out {out}: {folder} is not a directory")
-            break
+    if not (folder := nearest_existing_parent(out)).is_dir():
+        raise ValueError(f"--out {out}: {folder} is not a directory")
 
 
 def suggested_weight(align: np.ndarray, threshold: float = 0.0, fill: float = 1.0) -> np.ndarray:

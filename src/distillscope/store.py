@@ -54,6 +54,7 @@ from distillscope.storefiles import (  # noqa: F401  (re-exported: the store's p
     acquire_lock,
     atomic_write_bytes,
     atomic_write_table,
+    nearest_existing_parent,
     release_lock,
     remove_stale_temp_files,
     run_lock,
@@ -147,8 +148,8 @@ class RunStore:
                     "refusing to mix results. Use another --out (--force applies only "
                     "scoring.*, tree.n_sig and task fields that keep the questions)"
                 )
-            known = {t.name: t for t in stored.teachers}
             if not fresh:
+                known = {t.name: t for t in stored.teachers}
                 # its scores (and own top tokens' rollouts) are stored under its name: --force
                 # would relabel them with the new definition, so it is refused too
                 for t in config.teachers:
@@ -158,7 +159,6 @@ class RunStore:
                             f"stored scores are the old definition's, so give the new one "
                             f"another name (distillscope score {self.dir} --teacher NEW ...)"
                         )
-            if not fresh:
                 # a run's teachers are only ever added: the stored ones stay, in their order
                 extra = [t for t in config.teachers if t.name not in known]
                 asked = {t.name for t in config.teachers}
@@ -209,21 +209,23 @@ class RunStore:
                 "distillscope run (or its config.yaml was removed), and a run would overwrite "
                 "them; give --out a folder of its own")
 
-    def _start_paths(self) -> list[Path]:
-        """What a first invocation may create, deepest first: its files, then its folders."""
+    def _start_files(self) -> list[Path]:
+        """The files a first invocation may create before any work."""
         return [self.config_path, self.dir / PLAN_FILE, self.dir / "provenance.json",
-                self.dir / LOCK_NAME, *(self.tables_dir / n for n in sorted(SCHEMAS)),
-                self.tables_dir, self.units_dir, self.dir]
+                self.dir / LOCK_NAME]
+
+    def _start_folders(self) -> list[Path]:
+        """The folders it may create, deepest first."""
+        return [*(self.tables_dir / n for n in sorted(SCHEMAS)), self.tables_dir,
+                self.units_dir, self.dir]
 
     def existing_paths(self) -> set[Path]:
-        """What exists now of `_start_paths` and of the folders above the run directory (to
-        pass to `remove_failed_start` later)."""
-        out = {p for p in self._start_paths() if p.exists() or p.is_symlink()}
-        up = self.dir.absolute().parent
-        while not up.exists() and up != up.parent:
-            up = up.parent
-        out.add(up)  # the nearest existing folder above: nothing from there up is touched
-        return out
+        """What exists now of the start files and folders, and the nearest existing folder
+        above the run directory (to pass to `remove_failed_start` later)."""
+        out = {p for p in [*self._start_files(), *self._start_folders()]
+               if p.exists() or p.is_symlink()}
+        # the nearest existing folder above: nothing from there up is touched
+        return out | {nearest_existing_parent(self.dir.absolute())}
 
     def remove_failed_start(self, before: set[Path]) -> None:
         """After a first invocation failed before any work (a model that would not load, a
@@ -234,11 +236,11 @@ class RunStore:
         nearest one that existed. A folder with committed work stays whole."""
         if not self.dir.is_dir() or self.has_work():
             return
-        for p in self._start_paths()[:4]:
+        for p in self._start_files():
             if p not in before and (p != self.config_path or self.config_is_ours()):
                 with contextlib.suppress(OSError):
                     p.unlink()
-        folders = self._start_paths()[4:]
+        folders = self._start_folders()
         up = self.dir.absolute().parent
         while up not in before and up != up.parent:
             folders.append(up)

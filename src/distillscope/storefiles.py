@@ -73,6 +73,15 @@ def remove_stale_temp_files(folders: list[Path]) -> list[Path]:
     return removed
 
 
+def nearest_existing_parent(path: Path) -> Path:
+    """The closest folder above `path` that exists (or is a link): making `path` would create
+    only the folders below it."""
+    up = Path(path).parent
+    while not (up.exists() or up.is_symlink()) and up != up.parent:
+        up = up.parent
+    return up
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -34,6 +34,7 @@ from distillscope.report import html as H
 from distillscope.report.findings import Finding, fnum
 from distillscope.report.outdir import write_folder
 from distillscope.stakes import sr_range_values
+from distillscope.store import nearest_existing_parent
 
 __all__ = ["write_compare"]
 
@@ -228,9 +229,7 @@ def check_out(out: str | Path, run_dirs: Sequence[str | Path] = ()) -> None:
         raise ValueError(f"--out {out} is a broken symbolic link: give a directory")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a directory: give a new directory")
-    up = out.parent
-    while not up.exists() and not up.is_symlink() and up != up.parent:
-        up = up.parent
+    up = nearest_existing_parent(out)
     if not out.exists() and not up.is_dir():
         raise ValueError(f"--out {out}: {up} is a file, not a directory: give another --out")
     real = out.resolve()

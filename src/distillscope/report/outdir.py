@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from distillscope.store import StoreError
+from distillscope.store import StoreError, nearest_existing_parent
 
 __all__ = ["MANIFEST", "build_prefix", "entries", "write_folder", "written_files"]
 
@@ -77,8 +77,8 @@ def write_folder(final: str | Path, build: Callable[[Path], object], *, what: st
 
     final = Path(final).resolve()
     created = []  # the folders made for `final`, deepest first
-    p = final.parent
-    while not p.exists():
+    p, stop = final.parent, nearest_existing_parent(final)
+    while p != stop:
         created.append(p)
         p = p.parent
     lock = final.parent / f".{final.name}.lock"
